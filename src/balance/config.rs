@@ -1,0 +1,199 @@
+//! Balancer settings, with their defaults and precedent.
+
+use std::time::Duration;
+
+use crate::error::BuildError;
+
+/// How the balancer chooses an endpoint for each request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Picker {
+    /// Power of two choices over PeakEWMA cost (the default, as in Finagle, tower and Linkerd):
+    /// draw two *distinct* endpoints at random, send to the one with the lower
+    /// `rtt_estimate × (in_flight + 1) / weight`; a tie goes to the first drawn.
+    ///
+    /// Envoy and gRPC draw the two with replacement, so with two endpoints the busier one still
+    /// wins a quarter of the picks; with distinct pairs it never does.
+    #[default]
+    P2cPeakEwma,
+    /// Power of two choices over in-flight requests: `(in_flight + 1) / weight`.
+    P2cLeastRequest,
+    /// Each endpoint in turn, ignoring load and weights.
+    RoundRobin,
+    /// A uniformly random endpoint, ignoring load and weights.
+    Random,
+    /// A random endpoint with probability proportional to its weight, ignoring load.
+    Weighted,
+}
+
+/// Balancer settings; build one with [`BalanceConfig::builder`].
+///
+/// | setting | default | precedent |
+/// |---|---|---|
+/// | [`picker`](BalanceConfigBuilder::picker) | [`Picker::P2cPeakEwma`] | Finagle, tower, Linkerd |
+/// | [`default_rtt`](BalanceConfigBuilder::default_rtt) | 30 ms | Linkerd, tower's example |
+/// | [`decay`](BalanceConfigBuilder::decay) | 10 s | Finagle, Linkerd |
+/// | [`failure_penalty`](BalanceConfigBuilder::failure_penalty) | 5 s | Linkerd's failure-penalising estimator |
+/// | [`no_endpoint_timeout`](BalanceConfigBuilder::no_endpoint_timeout) | 3 s | Linkerd's outbound fail-fast |
+/// | [`seed`](BalanceConfigBuilder::seed) | from OS entropy | — |
+#[derive(Clone, Debug)]
+pub struct BalanceConfig {
+    picker: Picker,
+    default_rtt: Duration,
+    decay: Duration,
+    failure_penalty: Duration,
+    no_endpoint_timeout: Duration,
+    seed: Option<u64>,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            picker: Picker::default(),
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+            failure_penalty: Duration::from_secs(5),
+            no_endpoint_timeout: Duration::from_secs(3),
+            seed: None,
+        }
+    }
+}
+
+impl BalanceConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> BalanceConfigBuilder {
+        BalanceConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// The picking rule.
+    pub fn picker(&self) -> Picker {
+        self.picker
+    }
+
+    /// The RTT a new endpoint is assumed to have.
+    pub fn default_rtt(&self) -> Duration {
+        self.default_rtt
+    }
+
+    /// The PeakEWMA time constant.
+    pub fn decay(&self) -> Duration {
+        self.decay
+    }
+
+    /// The least RTT charged for a failed request.
+    pub fn failure_penalty(&self) -> Duration {
+        self.failure_penalty
+    }
+
+    /// How long a request waits for an endpoint before failing with [`NoEndpoint`](crate::error::NoEndpoint).
+    pub fn no_endpoint_timeout(&self) -> Duration {
+        self.no_endpoint_timeout
+    }
+
+    /// The random seed, if fixed.
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+}
+
+/// Builds a validated [`BalanceConfig`].
+#[derive(Clone, Debug)]
+pub struct BalanceConfigBuilder {
+    config: BalanceConfig,
+}
+
+/// Longest accepted duration for any setting: beyond it a value is surely a unit mistake.
+const MAX_SETTING: Duration = Duration::from_secs(3_600);
+
+impl BalanceConfigBuilder {
+    /// Sets the picking rule (default [`Picker::P2cPeakEwma`]).
+    pub fn picker(mut self, picker: Picker) -> Self {
+        self.config.picker = picker;
+        self
+    }
+
+    /// Sets the RTT assumed for an endpoint with no samples yet (default 30 ms; 1 µs to 1 h).
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.config.default_rtt = rtt;
+        self
+    }
+
+    /// Sets the PeakEWMA decay time constant (default 10 s; 1 ms to 1 h).
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.config.decay = decay;
+        self
+    }
+
+    /// Sets the least RTT charged for a failed request (default 5 s; up to 1 h, 0 disables it).
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.config.failure_penalty = penalty;
+        self
+    }
+
+    /// Sets how long a request waits for an endpoint (default 3 s; 0 fails at once; up to 1 h).
+    pub fn no_endpoint_timeout(mut self, timeout: Duration) -> Self {
+        self.config.no_endpoint_timeout = timeout;
+        self
+    }
+
+    /// Fixes the random seed so that picks are reproducible (tests, simulations).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = Some(seed);
+        self
+    }
+
+    /// Checks every setting and returns the config, or says which setting is out of range.
+    pub fn build(self) -> Result<BalanceConfig, BuildError> {
+        let c = &self.config;
+        check_range("default_rtt", c.default_rtt, Duration::from_micros(1))?;
+        check_range("decay", c.decay, Duration::from_millis(1))?;
+        check_range("failure_penalty", c.failure_penalty, Duration::ZERO)?;
+        check_range("no_endpoint_timeout", c.no_endpoint_timeout, Duration::ZERO)?;
+        Ok(self.config)
+    }
+}
+
+fn check_range(name: &str, value: Duration, min: Duration) -> Result<(), BuildError> {
+    if value < min || value > MAX_SETTING {
+        return Err(BuildError::InvalidConfig(format!(
+            "{name} is {value:?}; it must be between {min:?} and {MAX_SETTING:?}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = BalanceConfig::builder().build().unwrap();
+        assert_eq!(config.picker(), Picker::P2cPeakEwma);
+        assert_eq!(config.default_rtt(), Duration::from_millis(30));
+        assert_eq!(config.decay(), Duration::from_secs(10));
+        assert_eq!(config.no_endpoint_timeout(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn out_of_range_settings_are_rejected_by_name() {
+        let err = BalanceConfig::builder()
+            .decay(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("decay"), "{err}");
+        let err = BalanceConfig::builder()
+            .no_endpoint_timeout(Duration::from_secs(86_400))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("no_endpoint_timeout"), "{err}");
+        assert!(
+            BalanceConfig::builder()
+                .no_endpoint_timeout(Duration::ZERO)
+                .build()
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The response future: waits for an endpoint if there is none, then drives the request.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::util::{Oneshot, ServiceExt};
+use tower_service::Service;
+
+use super::ServedBy;
+use super::body::{ResponseBody, Tracker, grpc_failed};
+use super::shared::{Picked, Shared};
+use crate::BoxError;
+use crate::error::{EndpointError, NoEndpoint};
+
+type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoEndpoint>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`Balance`](super::Balance).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+        span: tracing::Span,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Waiting {
+            wait: WaitFuture<S>,
+            request: Option<Request<B>>,
+        },
+        Calling {
+            #[pin]
+            call: Oneshot<S, Request<B>>,
+            addr: SocketAddr,
+            tracker: Option<Tracker>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn calling(picked: Picked<S>, request: Request<B>, span: tracing::Span) -> Self {
+        span.record("endpoint", tracing::field::display(picked.addr));
+        Self {
+            state: State::Calling {
+                tracker: Some(Tracker::start(picked.load)),
+                call: picked.service.oneshot(request),
+                addr: picked.addr,
+            },
+            span,
+        }
+    }
+
+    pub(crate) fn waiting(shared: Arc<Shared<S>>, request: Request<B>, span: tracing::Span) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Self {
+            state: State::Waiting {
+                wait: Box::pin(wait_for_endpoint(shared)),
+                request: Some(request),
+            },
+            span,
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError, span: tracing::Span) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+            span,
+        }
+    }
+}
+
+/// Waits up to the configured time for discovery to publish an endpoint.
+async fn wait_for_endpoint<S: Clone>(shared: Arc<Shared<S>>) -> Result<Picked<S>, NoEndpoint> {
+    let start = Instant::now();
+    let deadline = start + shared.config().no_endpoint_timeout();
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        // Register before looking, so a table published in between is not missed.
+        changed.as_mut().enable();
+        if let Some(picked) = shared.pick() {
+            tracing::debug!(waited = ?start.elapsed(), "an endpoint became available");
+            return Ok(picked);
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let error = NoEndpoint::new(start.elapsed(), shared.table.load().len());
+            tracing::debug!(%error, "failing fast");
+            return Err(error);
+        }
+    }
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body,
+{
+    type Output = Result<Response<ResponseBody<RB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { wait, request } => {
+                    let picked = ready!(wait.as_mut().poll(cx))?;
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    this.span
+                        .record("endpoint", tracing::field::display(picked.addr));
+                    this.state.set(State::Calling {
+                        tracker: Some(Tracker::start(picked.load)),
+                        call: picked.service.oneshot(request),
+                        addr: picked.addr,
+                    });
+                }
+                StateProj::Calling {
+                    call,
+                    addr,
+                    tracker,
+                } => {
+                    let result = ready!(call.poll(cx));
+                    let Some(mut tracker) = tracker.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            if response.status().is_server_error()
+                                || grpc_failed(response.headers())
+                            {
+                                tracker.failure();
+                            }
+                            let (mut parts, body) = response.into_parts();
+                            parts.extensions.insert(ServedBy(*addr));
+                            Ok(Response::from_parts(
+                                parts,
+                                ResponseBody::new(body, tracker),
+                            ))
+                        }
+                        Err(error) => {
+                            tracker.failure();
+                            let error = EndpointError::new(*addr, error.into());
+                            tracing::debug!(%error, "endpoint failed");
+                            Err(error.into())
+                        }
+                    });
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
+                }
+            }
+        }
+    }
+}
+
+fn polled_after_completion() -> BoxError {
+    "balance response future polled after completion".into()
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

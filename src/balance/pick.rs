@@ -1,0 +1,182 @@
+//! Picking one endpoint from a table.
+//!
+//! Every picker is O(1) except [`Picker::Weighted`], which is a binary search over running
+//! weight sums (O(log n)). None of them allocates or takes a lock: loads are atomics, the
+//! random generator is one atomic add, round robin is one atomic increment.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::time::Instant;
+
+use super::Picker;
+use super::table::{Slot, Table};
+use crate::rng::Rng;
+
+/// Chooses a slot of a non-empty table; `None` only for an empty table.
+pub(crate) fn pick<'t, S>(
+    picker: Picker,
+    table: &'t Table<S>,
+    rng: &Rng,
+    round_robin: &AtomicUsize,
+) -> Option<&'t Arc<Slot<S>>> {
+    let slots = &table.slots;
+    match slots.len() {
+        0 => None,
+        1 => slots.first(),
+        n => Some(match picker {
+            Picker::P2cPeakEwma => {
+                let now = Instant::now();
+                p2c(slots, rng, |slot| {
+                    slot.load.peak_ewma_cost(now, slot.endpoint.weight())
+                })
+            }
+            Picker::P2cLeastRequest => p2c(slots, rng, |slot| {
+                slot.load.in_flight_cost(slot.endpoint.weight())
+            }),
+            Picker::RoundRobin => &slots[round_robin.fetch_add(1, Ordering::Relaxed) % n],
+            Picker::Random => &slots[rng.below(n)],
+            Picker::Weighted => {
+                let total = table.total_weight();
+                let target = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
+                let index = table.cumulative_weights.partition_point(|&sum| sum <= target);
+                &slots[index.min(n - 1)]
+            }
+        }),
+    }
+}
+
+/// Power of two choices over two distinct slots (`slots.len() >= 2`): the lower cost wins, a
+/// tie goes to the first drawn (tower's `sample_floyd2` draws the pair the same way).
+fn p2c<'t, S>(
+    slots: &'t [Arc<Slot<S>>],
+    rng: &Rng,
+    cost: impl Fn(&Slot<S>) -> f64,
+) -> &'t Arc<Slot<S>> {
+    let n = slots.len();
+    let a = rng.below(n);
+    let mut b = rng.below(n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (first, second) = (&slots[a], &slots[b]);
+    if cost(second) < cost(first) {
+        second
+    } else {
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::BalanceConfig;
+    use crate::discover::{Endpoint, Update};
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    fn table(weights: &[u32]) -> Table<()> {
+        let endpoints = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Endpoint::new(([127, 0, 0, 1], 1 + i as u16).into()).with_weight(w))
+            .collect();
+        let make = |_: &Endpoint| ();
+        Table::empty()
+            .apply(Update::Reset(endpoints), &make, &BalanceConfig::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn shares(picker: Picker, table: &Table<()>, draws: usize) -> HashMap<SocketAddr, usize> {
+        let rng = Rng::seeded(42);
+        let rr = AtomicUsize::new(0);
+        let mut counts = HashMap::new();
+        for _ in 0..draws {
+            let slot = pick(picker, table, &rng, &rr).unwrap();
+            *counts.entry(slot.endpoint.addr()).or_default() += 1;
+        }
+        counts
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        ([127, 0, 0, 1], port).into()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_over_distinct_pairs_never_picks_the_busier_of_two() {
+        for picker in [Picker::P2cPeakEwma, Picker::P2cLeastRequest] {
+            let t = table(&[1, 1]);
+            for _ in 0..5 {
+                t.slots[1].load.start();
+            }
+            let counts = shares(picker, &t, 10_000);
+            assert_eq!(counts.get(&addr(1)), Some(&10_000), "{picker:?}");
+            assert_eq!(counts.get(&addr(2)), None, "{picker:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_favours_the_lowest_cost() {
+        // Endpoint i has i requests in flight: it wins every pair drawn with a busier one, so
+        // the busiest never wins.
+        let t = table(&[1; 10]);
+        for (i, slot) in t.slots.iter().enumerate() {
+            for _ in 0..i {
+                slot.load.start();
+            }
+        }
+        let counts = shares(Picker::P2cLeastRequest, &t, 100_000);
+        assert_eq!(counts.get(&addr(10)), None);
+        // Endpoint i wins when drawn with a busier one: P = 2·(9 − i)/90.
+        for i in 0..9u16 {
+            let expected = 100_000.0 * 2.0 * f64::from(9 - i) / 90.0;
+            let got = counts[&addr(i + 1)] as f64;
+            assert!(
+                (got - expected).abs() < expected * 0.05 + 50.0,
+                "endpoint {i}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weights_divide_the_cost() {
+        // Same in-flight count; weight 4 makes the cost a quarter.
+        let t = table(&[1, 4]);
+        t.slots[0].load.start();
+        t.slots[1].load.start();
+        let counts = shares(Picker::P2cLeastRequest, &t, 1_000);
+        assert_eq!(counts.get(&addr(2)), Some(&1_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weighted_picks_follow_weights() {
+        let t = table(&[1, 2, 7]);
+        let counts = shares(Picker::Weighted, &t, 100_000);
+        for (port, weight) in [(1u16, 1.0f64), (2, 2.0), (3, 7.0)] {
+            let expected = 100_000.0 * weight / 10.0;
+            let got = counts[&addr(port)] as f64;
+            // Four standard deviations of a binomial count.
+            let sigma = (100_000.0 * weight / 10.0 * (1.0 - weight / 10.0)).sqrt();
+            assert!((got - expected).abs() < 4.0 * sigma, "{port}: {got} vs {expected}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_takes_turns() {
+        let t = table(&[1, 5, 1]);
+        let counts = shares(Picker::RoundRobin, &t, 3_000);
+        assert!(counts.values().all(|&c| c == 1_000), "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_is_uniform() {
+        let t = table(&[1, 5, 1, 1]);
+        let counts = shares(Picker::Random, &t, 40_000);
+        let sigma = (40_000.0f64 * 0.25 * 0.75).sqrt();
+        for count in counts.values() {
+            assert!((*count as f64 - 10_000.0).abs() < 4.0 * sigma, "{counts:?}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The batteries-included client: discovery, balancing and pooled hyper-util clients.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{self, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
+
+use super::{EndpointClient, EndpointClients, Origin};
+use crate::BoxError;
+use crate::balance::{Balance, BalanceConfig, ResponseBody, ResponseFuture};
+use crate::discover::Discover;
+use crate::error::BuildError;
+use crate::telemetry::Snapshot;
+
+/// The response body of a [`Client`].
+pub type ClientBody = ResponseBody<Incoming>;
+
+/// A balanced HTTP client: `Clone`, a tower `Service`, ready to use.
+///
+/// Built by [`Client::builder`] over hyper-util: one pooled client per endpoint (HTTP/1.1, or
+/// HTTP/2 with [`ClientBuilder::http2_only`]), P2C over PeakEWMA, a bounded wait when no endpoint
+/// is available. `B` is the request body type (`Full<Bytes>` by default; `tonic::body::Body`
+/// for a tonic generated client).
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), proxyless::BoxError> {
+/// let client = proxyless::Client::builder()
+///     .discover(proxyless::discover::fixed(["127.0.0.1:8081", "127.0.0.1:8082"])?)
+///     .build()?;
+/// let rsp = client.get("http://users/profile").await?;
+/// println!("{} from {:?}", rsp.status(), rsp.extensions().get::<proxyless::balance::ServedBy>());
+/// # Ok(()) }
+/// ```
+pub struct Client<B = Full<Bytes>> {
+    balance: Balance<EndpointClient<B>>,
+}
+
+impl<B> Clone for Client<B> {
+    fn clone(&self) -> Self {
+        Self {
+            balance: self.balance.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Client<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("balance", &self.balance)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A builder with the defaults below; it needs a discovery source.
+    ///
+    /// | setting | default | precedent |
+    /// |---|---|---|
+    /// | [`connect_timeout`](ClientBuilder::connect_timeout) | 1 s | Linkerd's outbound connect timeout |
+    /// | [`http2_only`](ClientBuilder::http2_only) | off (HTTP/1.1) | plaintext cannot negotiate h2c; gRPC needs it on |
+    /// | [`http2_keep_alive`](ClientBuilder::http2_keep_alive) | 20 s interval, 20 s timeout, also while idle | hyper's keep-alive timeout; detects dead HTTP/2 connections |
+    /// | [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout) | 90 s, enforced by a timer | hyper-util (inert there without a pool timer) |
+    /// | [`balance`](ClientBuilder::balance) | [`BalanceConfig::default`] | see there |
+    pub fn builder() -> ClientBuilder<()> {
+        ClientBuilder {
+            discover: (),
+            origin: None,
+            balance: BalanceConfig::default(),
+            connect_timeout: Duration::from_secs(1),
+            http2_only: false,
+            http2_keep_alive: Some(Duration::from_secs(20)),
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl<B> Client<B> {
+    /// The endpoints with their loads and counters, and the state of discovery.
+    pub fn snapshot(&self) -> Snapshot {
+        self.balance.snapshot()
+    }
+
+    /// The balancer inside.
+    pub fn balance(&self) -> &Balance<EndpointClient<B>> {
+        &self.balance
+    }
+}
+
+impl<B> Client<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Sends a request to the best endpoint.
+    pub async fn request(&self, request: Request<B>) -> Result<Response<ClientBody>, BoxError> {
+        self.clone().call(request).await
+    }
+
+    /// Sends a `GET` with an empty body.
+    ///
+    /// Accepts an absolute URI (`http://users/profile`, whose authority the backend sees) or a
+    /// path (`/profile`, given the builder's origin).
+    pub async fn get<U>(&self, uri: U) -> Result<Response<ClientBody>, BoxError>
+    where
+        U: TryInto<Uri>,
+        U::Error: Into<http::Error>,
+        B: Default,
+    {
+        let request = Request::get(uri).body(B::default())?;
+        self.request(request).await
+    }
+}
+
+impl<B> Service<Request<B>> for Client<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ClientBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<EndpointClient<B>, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.balance.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.balance.call(request)
+    }
+}
+
+/// Builds a [`Client`]; see [`Client::builder`] for the defaults.
+#[derive(Debug)]
+pub struct ClientBuilder<D> {
+    discover: D,
+    origin: Option<String>,
+    balance: BalanceConfig,
+    connect_timeout: Duration,
+    http2_only: bool,
+    http2_keep_alive: Option<Duration>,
+    pool_idle_timeout: Duration,
+}
+
+impl<D> ClientBuilder<D> {
+    /// Sets where the endpoints come from (required).
+    pub fn discover<D2: Discover>(self, discover: D2) -> ClientBuilder<D2> {
+        ClientBuilder {
+            discover,
+            origin: self.origin,
+            balance: self.balance,
+            connect_timeout: self.connect_timeout,
+            http2_only: self.http2_only,
+            http2_keep_alive: self.http2_keep_alive,
+            pool_idle_timeout: self.pool_idle_timeout,
+        }
+    }
+
+    /// Sets the logical origin (`http://users`) for requests that carry only a path, as tonic's
+    /// generated clients send them. Requests with an absolute URI keep theirs.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Sets the balancer's settings.
+    pub fn balance(mut self, config: BalanceConfig) -> Self {
+        self.balance = config;
+        self
+    }
+
+    /// Sets the TCP connect timeout per attempt (default 1 s; 1 ms to 1 h).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Speaks HTTP/2 only (prior knowledge, h2c), as gRPC needs (default off: HTTP/1.1).
+    pub fn http2_only(mut self, enabled: bool) -> Self {
+        self.http2_only = enabled;
+        self
+    }
+
+    /// Sets the HTTP/2 keep-alive ping interval, also used as the ping timeout (default 20 s;
+    /// `None` turns pings off; at least 1 s).
+    pub fn http2_keep_alive(mut self, interval: Option<Duration>) -> Self {
+        self.http2_keep_alive = interval;
+        self
+    }
+
+    /// Sets how long an idle pooled connection is kept (default 90 s; up to 1 h).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+}
+
+impl<D: Discover> ClientBuilder<D> {
+    /// Checks the settings and starts the client.
+    ///
+    /// Fails on an invalid setting or origin, or with [`BuildError::NoRuntime`] outside a tokio
+    /// runtime (the client spawns its discovery driver).
+    pub fn build<B>(self) -> Result<Client<B>, BuildError>
+    where
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let hour = Duration::from_secs(3_600);
+        if self.connect_timeout < Duration::from_millis(1) || self.connect_timeout > hour {
+            return Err(BuildError::InvalidConfig(format!(
+                "connect_timeout is {:?}; it must be between 1ms and 1h",
+                self.connect_timeout
+            )));
+        }
+        if self.pool_idle_timeout > hour {
+            return Err(BuildError::InvalidConfig(format!(
+                "pool_idle_timeout is {:?}; it must be at most 1h",
+                self.pool_idle_timeout
+            )));
+        }
+        if let Some(interval) = self.http2_keep_alive
+            && (interval < Duration::from_secs(1) || interval > hour)
+        {
+            return Err(BuildError::InvalidConfig(format!(
+                "http2_keep_alive is {interval:?}; it must be between 1s and 1h"
+            )));
+        }
+        let origin = self.origin.as_deref().map(Origin::parse).transpose()?;
+
+        let mut builder = legacy::Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .http2_only(self.http2_only);
+        if let Some(interval) = self.http2_keep_alive {
+            builder
+                .http2_keep_alive_interval(interval)
+                .http2_keep_alive_timeout(interval)
+                .http2_keep_alive_while_idle(true);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        let mut clients = EndpointClients::with_connector(builder, connector);
+        if let Some(origin) = origin {
+            clients = clients.origin(origin);
+        }
+        let balance = Balance::new(self.discover, clients, self.balance)?;
+        Ok(Client { balance })
+    }
+}
