@@ -1,1 +1,292 @@
-fn main(){}
+//! Why P2C over PeakEWMA matters, in a few seconds.
+//!
+//! Starts five HTTP backends on loopback, one of them ten times slower than the others, and sends
+//! the same few thousand requests through two balanced clients: proxyless's default (power of two
+//! choices over PeakEWMA) and plain round robin. Prints each endpoint's share of the traffic and
+//! the latency percentiles side by side, and writes them as an SVG chart.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use proxyless::balance::{BalanceConfig, Picker, ServedBy};
+use proxyless::{BoxError, Client, discover};
+use tokio::net::TcpListener;
+
+const REQUESTS: usize = 3_000;
+const CONCURRENCY: usize = 8;
+const FAST: Duration = Duration::from_millis(5);
+const SLOW: Duration = Duration::from_millis(50);
+
+struct Run {
+    name: &'static str,
+    shares: BTreeMap<SocketAddr, u64>,
+    latency_us: Histogram<u64>,
+    elapsed: Duration,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut backends = Vec::new();
+    for i in 0..5 {
+        let delay = if i == 4 { SLOW } else { FAST };
+        backends.push((spawn_backend(delay).await?, delay));
+    }
+    let slow = backends[4].0;
+    println!("Backends on loopback (each answers after its delay):");
+    for (addr, delay) in &backends {
+        println!(
+            "  {addr}  {delay:?}{}",
+            if *addr == slow { "  <- 10x slower" } else { "" }
+        );
+    }
+    println!();
+
+    let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
+    let mut runs = Vec::new();
+    for (name, picker) in [
+        ("p2c + PeakEWMA", Picker::P2cPeakEwma),
+        ("round robin", Picker::RoundRobin),
+    ] {
+        let client = Client::builder()
+            .discover(discover::fixed(addrs.clone())?)
+            .balance(BalanceConfig::builder().picker(picker).build()?)
+            .build()?;
+        runs.push(drive(name, client).await?);
+    }
+
+    print_report(&addrs, slow, &runs);
+    let chart = std::env::temp_dir().join("proxyless-quickstart.svg");
+    std::fs::write(&chart, svg_chart(&addrs, slow, &runs))?;
+    println!("\nChart: {}", chart.display());
+    Ok(())
+}
+
+/// Sends `REQUESTS` requests, `CONCURRENCY` at a time, showing progress.
+async fn drive(name: &'static str, client: Client) -> Result<Run, BoxError> {
+    let start = Instant::now();
+    let mut shares = BTreeMap::new();
+    let mut latency_us = Histogram::<u64>::new(3)?;
+    let mut results = futures_util::stream::iter(0..REQUESTS)
+        .map(|_| {
+            let client = client.clone();
+            async move {
+                let sent = Instant::now();
+                let rsp = client.get("http://quickstart/").await?;
+                let served_by = rsp.extensions().get::<ServedBy>().map(|s| s.0);
+                rsp.into_body().collect().await?;
+                Ok::<_, BoxError>((served_by, sent.elapsed()))
+            }
+        })
+        .buffer_unordered(CONCURRENCY);
+    let mut done = 0;
+    let interactive = std::io::stdout().is_terminal();
+    while let Some(result) = results.next().await {
+        let (served_by, took) = result?;
+        if let Some(addr) = served_by {
+            *shares.entry(addr).or_default() += 1;
+        }
+        latency_us.record(took.as_micros() as u64)?;
+        done += 1;
+        if interactive && (done % 100 == 0 || done == REQUESTS) {
+            print!("\r{name:>15}: {done:>5}/{REQUESTS} requests");
+            std::io::stdout().flush()?;
+        } else if !interactive && done % (REQUESTS / 4) == 0 {
+            println!("{name:>15}: {done:>5}/{REQUESTS} requests");
+        }
+    }
+    let elapsed = start.elapsed();
+    println!("{name:>15}: done in {:.2} s", elapsed.as_secs_f64());
+    Ok(Run {
+        name,
+        shares,
+        latency_us,
+        elapsed,
+    })
+}
+
+fn print_report(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) {
+    println!("\nShare of requests per endpoint:");
+    print!("  {:<24}", "endpoint");
+    for run in runs {
+        print!("{:>16}", run.name);
+    }
+    println!();
+    for addr in addrs {
+        let label = if *addr == slow {
+            format!("{addr} (slow)")
+        } else {
+            addr.to_string()
+        };
+        print!("  {label:<24}");
+        for run in runs {
+            print!("{:>15.1}%", share(run, *addr));
+        }
+        println!();
+    }
+
+    println!("\nLatency seen by the caller (ms):");
+    print!("  {:<24}", "percentile");
+    for run in runs {
+        print!("{:>16}", run.name);
+    }
+    println!();
+    for q in [50.0, 90.0, 99.0, 99.9] {
+        print!("  {:<24}", format!("p{q}"));
+        for run in runs {
+            print!(
+                "{:>16.2}",
+                run.latency_us.value_at_percentile(q) as f64 / 1_000.0
+            );
+        }
+        println!();
+    }
+    print!("  {:<24}", "throughput (req/s)");
+    for run in runs {
+        print!("{:>16.0}", REQUESTS as f64 / run.elapsed.as_secs_f64());
+    }
+    println!();
+
+    if let [p2c, rr] = runs {
+        let ratio = |q: f64| {
+            rr.latency_us.value_at_percentile(q) as f64
+                / p2c.latency_us.value_at_percentile(q).max(1) as f64
+        };
+        println!(
+            "\nThe slow endpoint got {:.1}% of requests with P2C/PeakEWMA and {:.1}% with round robin:",
+            share(p2c, slow),
+            share(rr, slow)
+        );
+        println!(
+            "round robin's p90 is {:.1}x and its p99 {:.1}x those of P2C/PeakEWMA.",
+            ratio(90.0),
+            ratio(99.0)
+        );
+    }
+}
+
+fn share(run: &Run, addr: SocketAddr) -> f64 {
+    let total: u64 = run.shares.values().sum();
+    100.0 * run.shares.get(&addr).copied().unwrap_or(0) as f64 / total.max(1) as f64
+}
+
+/// Two bar charts: traffic share per endpoint and latency percentiles, per picker.
+fn svg_chart(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) -> String {
+    const COLORS: [&str; 2] = ["#2b6cb0", "#dd6b20"];
+    let (width, height, top, panel_h) = (900.0, 420.0, 60.0, 260.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"20\" y=\"24\" font-size=\"16\">proxyless quickstart: 5 backends, one 10x slower</text>\n"
+    );
+    for (i, run) in runs.iter().enumerate() {
+        svg += &format!(
+            "<rect x=\"{}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"45\">{}</text>\n",
+            480 + i * 160,
+            COLORS[i % 2],
+            496 + i * 160,
+            run.name
+        );
+    }
+    let percentiles = [50.0, 90.0, 99.0, 99.9];
+    let panels: [(&str, f64, Vec<String>, Vec<Vec<f64>>); 2] = [
+        (
+            "share of requests (%)",
+            20.0,
+            addrs
+                .iter()
+                .map(|a| {
+                    if *a == slow {
+                        format!(":{} slow", a.port())
+                    } else {
+                        format!(":{}", a.port())
+                    }
+                })
+                .collect(),
+            runs.iter()
+                .map(|r| addrs.iter().map(|a| share(r, *a)).collect())
+                .collect(),
+        ),
+        (
+            "latency (ms)",
+            470.0,
+            percentiles.iter().map(|q| format!("p{q}")).collect(),
+            runs.iter()
+                .map(|r| {
+                    percentiles
+                        .iter()
+                        .map(|q| r.latency_us.value_at_percentile(*q) as f64 / 1_000.0)
+                        .collect()
+                })
+                .collect(),
+        ),
+    ];
+    for (title, x0, labels, series) in panels {
+        let max = series.iter().flatten().cloned().fold(1.0, f64::max) * 1.1;
+        let group_w = 400.0 / labels.len() as f64;
+        let bar_w = group_w * 0.8 / series.len() as f64;
+        svg += &format!("<text x=\"{x0}\" y=\"{}\">{title}</text>\n", top + 10.0);
+        svg += &format!(
+            "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#444\"/>\n",
+            top + 20.0 + panel_h,
+            x0 + 400.0,
+            top + 20.0 + panel_h
+        );
+        for (g, label) in labels.iter().enumerate() {
+            let gx = x0 + g as f64 * group_w;
+            for (s, values) in series.iter().enumerate() {
+                let h = values[g] / max * panel_h;
+                let x = gx + group_w * 0.1 + s as f64 * bar_w;
+                let y = top + 20.0 + panel_h - h;
+                svg += &format!(
+                    "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/>\n\
+                     <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{:.1}</text>\n",
+                    bar_w * 0.95,
+                    COLORS[s % 2],
+                    x + bar_w / 2.0,
+                    y - 3.0,
+                    values[g]
+                );
+            }
+            svg += &format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+                gx + group_w / 2.0,
+                top + 36.0 + panel_h
+            );
+        }
+    }
+    svg + "</svg>\n"
+}
+
+/// An HTTP/1.1 + h2c backend on loopback that answers after `delay`.
+async fn spawn_backend(delay: Duration) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}

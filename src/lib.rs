@@ -52,3 +52,8 @@ pub mod telemetry;
 
 pub use error::BoxError;
 pub use http::Client;
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

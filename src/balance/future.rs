@@ -69,13 +69,24 @@ where
         }
     }
 
-    pub(crate) fn waiting(shared: Arc<Shared<S>>, request: Request<B>, span: tracing::Span) -> Self
+    /// Waits for discovery; `driver` keeps the discovery driver running meanwhile, even if the
+    /// balancer itself is dropped (as `oneshot` does once the request is handed over).
+    pub(crate) fn waiting(
+        shared: Arc<Shared<S>>,
+        driver: Arc<dyn std::any::Any + Send + Sync>,
+        request: Request<B>,
+        span: tracing::Span,
+    ) -> Self
     where
         S: Clone + Send + Sync + 'static,
     {
         Self {
             state: State::Waiting {
-                wait: Box::pin(wait_for_endpoint(shared)),
+                wait: Box::pin(async move {
+                    let picked = wait_for_endpoint(shared).await;
+                    drop(driver);
+                    picked
+                }),
                 request: Some(request),
             },
             span,

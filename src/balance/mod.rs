@@ -67,8 +67,8 @@ pub use future::ResponseFuture;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -194,7 +194,8 @@ impl<S> std::fmt::Debug for Balance<S> {
 
 type DriverFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Owns the discovery driver: dropping it (with the last balancer clone) stops the driver.
+/// Owns the discovery driver: dropping it (with the last balancer clone and the last request
+/// waiting for an endpoint) stops the driver.
 struct DriverHandle {
     _shutdown: oneshot::Sender<()>,
     started: AtomicBool,
@@ -337,7 +338,12 @@ where
         }
         match self.shared.pick() {
             Some(picked) => ResponseFuture::calling(picked, request, span),
-            None => ResponseFuture::waiting(Arc::clone(&self.shared), request, span),
+            None => ResponseFuture::waiting(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.driver) as _,
+                request,
+                span,
+            ),
         }
     }
 }

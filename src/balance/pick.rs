@@ -39,7 +39,9 @@ pub(crate) fn pick<'t, S>(
             Picker::Weighted => {
                 let total = table.total_weight();
                 let target = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
-                let index = table.cumulative_weights.partition_point(|&sum| sum <= target);
+                let index = table
+                    .cumulative_weights
+                    .partition_point(|&sum| sum <= target);
                 &slots[index.min(n - 1)]
             }
         }),
@@ -159,7 +161,10 @@ mod tests {
             let got = counts[&addr(port)] as f64;
             // Four standard deviations of a binomial count.
             let sigma = (100_000.0 * weight / 10.0 * (1.0 - weight / 10.0)).sqrt();
-            assert!((got - expected).abs() < 4.0 * sigma, "{port}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 4.0 * sigma,
+                "{port}: {got} vs {expected}"
+            );
         }
     }
 

@@ -251,7 +251,11 @@ mod tests {
             .unwrap();
         assert!(none.is_none());
         let none = t1
-            .apply(Update::Remove(ep(9).addr()), &make, &BalanceConfig::default())
+            .apply(
+                Update::Remove(ep(9).addr()),
+                &make,
+                &BalanceConfig::default(),
+            )
             .unwrap();
         assert!(none.is_none());
     }
@@ -268,6 +272,10 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err, DiscoverError::Duplicate { addr: ep(2).addr() });
-        assert_eq!(make.0.load(Ordering::SeqCst), 1, "no client made for a rejected set");
+        assert_eq!(
+            make.0.load(Ordering::SeqCst),
+            1,
+            "no client made for a rejected set"
+        );
     }
 }

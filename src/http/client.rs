@@ -204,11 +204,17 @@ impl<D> ClientBuilder<D> {
 }
 
 impl<D: Discover> ClientBuilder<D> {
-    /// Checks the settings and starts the client.
+    /// Checks the settings and starts a client sending `Full<Bytes>` request bodies.
     ///
     /// Fails on an invalid setting or origin, or with [`BuildError::NoRuntime`] outside a tokio
     /// runtime (the client spawns its discovery driver).
-    pub fn build<B>(self) -> Result<Client<B>, BuildError>
+    pub fn build(self) -> Result<Client, BuildError> {
+        self.build_with_body()
+    }
+
+    /// Like [`build`](Self::build), for another request body type `B`, such as
+    /// `tonic::body::Body` for a tonic generated client.
+    pub fn build_with_body<B>(self) -> Result<Client<B>, BuildError>
     where
         B: http_body::Body + Send + Unpin + 'static,
         B::Data: Send,

@@ -158,9 +158,10 @@ where
 
     fn make_endpoint(&self, endpoint: &Endpoint) -> Self::Service {
         EndpointClient {
-            client: self
-                .builder
-                .build(PinnedConnector::new(self.connector.clone(), endpoint.addr())),
+            client: self.builder.build(PinnedConnector::new(
+                self.connector.clone(),
+                endpoint.addr(),
+            )),
             addr: endpoint.addr(),
             origin: self.origin.clone(),
         }
@@ -266,9 +267,10 @@ impl Future for EndpointFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             EndpointFuture::Sending(response) => Pin::new(response).poll(cx).map_err(Into::into),
-            EndpointFuture::Invalid(error) => Poll::Ready(Err(error
-                .take()
-                .map_or_else(|| "endpoint future polled after completion".into(), Into::into))),
+            EndpointFuture::Invalid(error) => Poll::Ready(Err(error.take().map_or_else(
+                || "endpoint future polled after completion".into(),
+                Into::into,
+            ))),
         }
     }
 }

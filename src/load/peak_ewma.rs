@@ -13,6 +13,10 @@
 //!
 //! A new endpoint starts at a default RTT (30 ms by default, as Linkerd and tower's example use)
 //! rather than at zero, so it does not attract every request before it has shown its latency.
+//! Unlike tower's, the default is only a placeholder: the **first real sample replaces it**.
+//! Blending the first samples into a made-up prior would hold every new endpoint near the default
+//! for about one decay period (10 s): fast endpoints would look as slow as the default, and a
+//! slow endpoint would keep getting traffic it should not.
 //!
 //! # Representation
 //!
@@ -42,7 +46,8 @@ use tokio::time::Instant;
 /// ```
 #[derive(Debug)]
 pub struct PeakEwma {
-    /// High 32 bits: estimate in nanoseconds as `f32` bits; low 32 bits: milliseconds since `epoch`.
+    /// High 32 bits: estimate in nanoseconds as `f32` bits, negated while it is still the default;
+    /// low 32 bits: milliseconds since `epoch`.
     state: AtomicU64,
     epoch: Instant,
     decay_ms: f64,
@@ -54,7 +59,8 @@ impl PeakEwma {
     /// A zero `decay` is treated as one millisecond; builders reject it before it gets here.
     pub fn new(default_rtt: Duration, decay: Duration, now: Instant) -> Self {
         Self {
-            state: AtomicU64::new(pack(default_rtt.as_nanos() as f32, 0)),
+            // The sign bit marks "no sample yet"; estimates are never negative otherwise.
+            state: AtomicU64::new(pack(-(default_rtt.as_nanos() as f32), 0)),
             epoch: now,
             decay_ms: (decay.as_secs_f64() * 1_000.0).max(1.0),
         }
@@ -67,7 +73,7 @@ impl PeakEwma {
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
             let (estimate, at) = unpack(current);
-            let next = if sample > estimate {
+            let next = if estimate.is_sign_negative() || sample > estimate {
                 sample
             } else {
                 let w = self.weight(now_ms.wrapping_sub(at));
@@ -93,6 +99,7 @@ impl PeakEwma {
     /// The current estimate in nanoseconds, as the balancer's cost function uses it.
     pub(crate) fn estimate_nanos(&self, now: Instant) -> f64 {
         let (estimate, at) = unpack(self.state.load(Ordering::Relaxed));
+        let estimate = estimate.abs();
         let elapsed = self.millis(now).wrapping_sub(at);
         if elapsed == 0 {
             f64::from(estimate)
@@ -138,6 +145,23 @@ mod tests {
         let now = Instant::now();
         let rtt = PeakEwma::new(30 * MS, Duration::from_secs(10), now);
         close(rtt.estimate(now), 30.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_sample_replaces_the_default() {
+        let start = Instant::now();
+        let rtt = PeakEwma::new(30 * MS, Duration::from_secs(10), start);
+        tokio::time::advance(MS).await;
+        rtt.observe(5 * MS, Instant::now());
+        close(rtt.estimate(Instant::now()), 5.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsampled_default_decays_like_an_estimate() {
+        let start = Instant::now();
+        let rtt = PeakEwma::new(30 * MS, Duration::from_secs(10), start);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        close(rtt.estimate(Instant::now()), 30.0 * (-1.0f64).exp());
     }
 
     #[tokio::test(start_paused = true)]
