@@ -75,6 +75,7 @@ pub struct DiscoverySnapshot {
     pub errors: u64,
     /// Whether the source has ended (the last set is kept).
     pub ended: bool,
-    /// The last rejection or error, if any.
+    /// The last rejection or error, cleared by the next good update: `Some` means discovery is
+    /// failing now and the balancer runs on the last good set.
     pub last_error: Option<String>,
 }

@@ -45,7 +45,10 @@ pub(crate) async fn run<D, M>(
                         );
                         shared.publish(table);
                     }
-                    Ok(None) => tracing::trace!("discovery: update changed nothing"),
+                    Ok(None) => {
+                        tracing::trace!("discovery: update changed nothing");
+                        shared.discovery.last_error.store(None);
+                    }
                     Err(rejected) => {
                         tracing::warn!(
                             error = %rejected,

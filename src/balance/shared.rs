@@ -44,6 +44,7 @@ impl<S> Shared<S> {
 
     pub(crate) fn publish(&self, table: Table<S>) {
         self.table.store(Arc::new(table));
+        self.discovery.last_error.store(None);
         self.discovery.updates.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
