@@ -202,11 +202,17 @@ fn svg_chart(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) -> String {
         );
     }
     let percentiles = [50.0, 90.0, 99.0, 99.9];
-    let panels: [(&str, f64, Vec<String>, Vec<Vec<f64>>); 2] = [
-        (
-            "share of requests (%)",
-            20.0,
-            addrs
+    struct Panel {
+        title: &'static str,
+        x0: f64,
+        labels: Vec<String>,
+        series: Vec<Vec<f64>>,
+    }
+    let panels = [
+        Panel {
+            title: "share of requests (%)",
+            x0: 20.0,
+            labels: addrs
                 .iter()
                 .map(|a| {
                     if *a == slow {
@@ -216,15 +222,17 @@ fn svg_chart(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) -> String {
                     }
                 })
                 .collect(),
-            runs.iter()
+            series: runs
+                .iter()
                 .map(|r| addrs.iter().map(|a| share(r, *a)).collect())
                 .collect(),
-        ),
-        (
-            "latency (ms)",
-            470.0,
-            percentiles.iter().map(|q| format!("p{q}")).collect(),
-            runs.iter()
+        },
+        Panel {
+            title: "latency (ms)",
+            x0: 470.0,
+            labels: percentiles.iter().map(|q| format!("p{q}")).collect(),
+            series: runs
+                .iter()
                 .map(|r| {
                     percentiles
                         .iter()
@@ -232,9 +240,15 @@ fn svg_chart(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) -> String {
                         .collect()
                 })
                 .collect(),
-        ),
+        },
     ];
-    for (title, x0, labels, series) in panels {
+    for Panel {
+        title,
+        x0,
+        labels,
+        series,
+    } in panels
+    {
         let max = series.iter().flatten().cloned().fold(1.0, f64::max) * 1.1;
         let group_w = 400.0 / labels.len() as f64;
         let bar_w = group_w * 0.8 / series.len() as f64;

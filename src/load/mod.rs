@@ -7,6 +7,15 @@
 //!   tower and Linkerd. See [`PeakEwma`] for the estimator.
 //! - **least request**: `(in_flight + 1) / weight`.
 //!
+//! # New endpoints
+//!
+//! An endpoint with no RTT sample yet costs **zero while nothing is in flight to it**, so it is
+//! probed as soon as P2C draws it, and the **default RTT** (30 ms) per request while its first
+//! requests are in flight, so it is not flooded before it has shown its latency. This is
+//! Finagle's rule for endpoints without history, with the default RTT as the pending charge.
+//! Pricing an unsampled endpoint at the default RTT throughout would starve it whenever the
+//! others answer faster than the default: it would never get the request that measures it.
+//!
 //! # What is measured
 //!
 //! - In flight counts from dispatch until the response body ends or is dropped (not only until
@@ -91,9 +100,15 @@ impl EndpointLoad {
         &self.rtt
     }
 
-    /// PeakEWMA cost: `rtt_estimate_ns × (in_flight + 1) / weight`.
+    /// PeakEWMA cost: `rtt_estimate_ns × (in_flight + 1) / weight`; zero for an endpoint with
+    /// no sample and nothing in flight.
     pub(crate) fn peak_ewma_cost(&self, now: Instant, weight: u32) -> f64 {
-        self.rtt.estimate_nanos(now) * (self.in_flight() + 1) as f64 / f64::from(weight.max(1))
+        let in_flight = self.in_flight();
+        let (estimate, sampled) = self.rtt.estimate_nanos(now);
+        if !sampled && in_flight == 0 {
+            return 0.0;
+        }
+        estimate * (in_flight + 1) as f64 / f64::from(weight.max(1))
     }
 
     /// Least-request cost: `(in_flight + 1) / weight`.
@@ -125,14 +140,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn cost_scales_with_in_flight_and_weight() {
+    async fn an_unsampled_endpoint_is_free_until_a_request_is_in_flight() {
         let now = Instant::now();
         let load = EndpointLoad::new(
-            Duration::from_millis(10),
+            Duration::from_millis(30),
             Duration::from_secs(10),
             Duration::from_secs(5),
             now,
         );
+        assert_eq!(load.peak_ewma_cost(now, 1), 0.0);
+        load.start();
+        assert_eq!(load.peak_ewma_cost(now, 1), 60_000_000.0);
+        load.observe_success(Duration::from_millis(2), now);
+        load.finish();
+        assert_eq!(load.peak_ewma_cost(now, 1), 2_000_000.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cost_scales_with_in_flight_and_weight() {
+        let now = Instant::now();
+        let load = EndpointLoad::new(
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            now,
+        );
+        load.observe_success(Duration::from_millis(10), now);
         assert_eq!(load.peak_ewma_cost(now, 1), 10_000_000.0);
         load.start();
         load.start();

@@ -11,12 +11,12 @@
 //!   sample, so an endpoint that has been idle becomes attractive again and gets probed. Reading
 //!   does not change the stored state.
 //!
-//! A new endpoint starts at a default RTT (30 ms by default, as Linkerd and tower's example use)
-//! rather than at zero, so it does not attract every request before it has shown its latency.
+//! A new endpoint starts at a default RTT (30 ms by default, as Linkerd and tower's example use).
 //! Unlike tower's, the default is only a placeholder: the **first real sample replaces it**.
 //! Blending the first samples into a made-up prior would hold every new endpoint near the default
 //! for about one decay period (10 s): fast endpoints would look as slow as the default, and a
-//! slow endpoint would keep getting traffic it should not.
+//! slow endpoint would keep getting traffic it should not. How the balancer prices an endpoint
+//! that has no sample yet is described in [`load`](crate::load).
 //!
 //! # Representation
 //!
@@ -93,18 +93,24 @@ impl PeakEwma {
 
     /// The current estimate, decayed toward zero for the time since the last sample.
     pub fn estimate(&self, now: Instant) -> Duration {
-        Duration::from_nanos(self.estimate_nanos(now) as u64)
+        Duration::from_nanos(self.estimate_nanos(now).0 as u64)
     }
 
-    /// The current estimate in nanoseconds, as the balancer's cost function uses it.
-    pub(crate) fn estimate_nanos(&self, now: Instant) -> f64 {
+    /// Whether at least one round trip has been observed.
+    pub fn has_sample(&self) -> bool {
+        !unpack(self.state.load(Ordering::Relaxed)).0.is_sign_negative()
+    }
+
+    /// The current estimate in nanoseconds, and whether it comes from a real sample.
+    pub(crate) fn estimate_nanos(&self, now: Instant) -> (f64, bool) {
         let (estimate, at) = unpack(self.state.load(Ordering::Relaxed));
-        let estimate = estimate.abs();
+        let sampled = !estimate.is_sign_negative();
+        let estimate = f64::from(estimate.abs());
         let elapsed = self.millis(now).wrapping_sub(at);
         if elapsed == 0 {
-            f64::from(estimate)
+            (estimate, sampled)
         } else {
-            f64::from(estimate) * self.weight(elapsed)
+            (estimate * self.weight(elapsed), sampled)
         }
     }
 
