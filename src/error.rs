@@ -83,9 +83,24 @@ pub enum EndpointErrorKind {
     /// The connection to the endpoint could not be established: the request was never sent.
     Connect,
     /// The endpoint's client failed after the request may have been sent (reset, protocol error,
-    /// timeout, ...).
+    /// ...).
     Request,
+    /// The endpoint did not answer before the attempt's deadline
+    /// ([`AttemptDeadline`](crate::balance::AttemptDeadline)).
+    Timeout,
 }
+
+/// The attempt's deadline passed before the endpoint answered.
+#[derive(Debug)]
+struct AttemptTimedOut(Duration);
+
+impl fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no response headers after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
 
 /// The endpoint's inner client failed.
 ///
@@ -106,13 +121,26 @@ impl EndpointError {
         } else {
             EndpointErrorKind::Request
         };
+        Self::with_kind(endpoint, kind, inner)
+    }
+
+    pub(crate) fn timeout(endpoint: SocketAddr, after: Duration) -> Self {
+        Self::with_kind(
+            endpoint,
+            EndpointErrorKind::Timeout,
+            Box::new(AttemptTimedOut(after)),
+        )
+    }
+
+    fn with_kind(endpoint: SocketAddr, kind: EndpointErrorKind, inner: BoxError) -> Self {
         #[cfg(feature = "tonic")]
         let status = {
-            let message = format!("endpoint {endpoint}: {}", chain_message(&*inner));
-            match find_status(&*inner) {
-                Some(code) => tonic::Status::new(code, message),
-                None => tonic::Status::unavailable(message),
-            }
+            let code = match (kind, find_status(&*inner)) {
+                (_, Some(code)) => code,
+                (EndpointErrorKind::Timeout, None) => tonic::Code::DeadlineExceeded,
+                (_, None) => tonic::Code::Unavailable,
+            };
+            tonic::Status::new(code, endpoint_message(endpoint, kind, &*inner))
         };
         Self {
             endpoint,
@@ -151,21 +179,21 @@ impl EndpointError {
 
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            EndpointErrorKind::Connect => write!(
-                f,
-                "endpoint {}: connection failed: {}",
-                self.endpoint,
-                chain_message(&*self.inner)
-            ),
-            EndpointErrorKind::Request => write!(
-                f,
-                "endpoint {}: request failed: {}",
-                self.endpoint,
-                chain_message(&*self.inner)
-            ),
-        }
+        f.write_str(&endpoint_message(self.endpoint, self.kind, &*self.inner))
     }
+}
+
+fn endpoint_message(
+    endpoint: SocketAddr,
+    kind: EndpointErrorKind,
+    inner: &(dyn std::error::Error + 'static),
+) -> String {
+    let what = match kind {
+        EndpointErrorKind::Connect => "connection failed",
+        EndpointErrorKind::Request => "request failed",
+        EndpointErrorKind::Timeout => "timed out",
+    };
+    format!("endpoint {endpoint}: {what}: {}", chain_message(inner))
 }
 
 impl std::error::Error for EndpointError {

@@ -29,6 +29,11 @@ impl Tracker {
         }
     }
 
+    /// Time since dispatch.
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        self.start.elapsed()
+    }
+
     /// Records a successful round trip, unless one was already recorded.
     pub(crate) fn success(&mut self) {
         if !self.sampled {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::util::{Oneshot, ServiceExt};
 use tower_service::Service;
 
@@ -40,12 +40,15 @@ pin_project_lite::pin_project! {
         Waiting {
             wait: WaitFuture<S>,
             request: Option<Request<B>>,
+            deadline: Option<Instant>,
         },
         Calling {
             #[pin]
             call: Oneshot<S, Request<B>>,
             addr: SocketAddr,
             tracker: Option<Tracker>,
+            // Boxed: most requests have no attempt deadline and should not carry a timer.
+            timeout: Option<Pin<Box<Sleep>>>,
         },
         Failed {
             error: Option<BoxError>,
@@ -57,14 +60,15 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn calling(picked: Picked<S>, request: Request<B>, span: tracing::Span) -> Self {
+    pub(crate) fn calling(
+        picked: Picked<S>,
+        request: Request<B>,
+        deadline: Option<Instant>,
+        span: tracing::Span,
+    ) -> Self {
         span.record("endpoint", tracing::field::display(picked.addr));
         Self {
-            state: State::Calling {
-                tracker: Some(Tracker::start(picked.load)),
-                call: picked.service.oneshot(request),
-                addr: picked.addr,
-            },
+            state: State::calling(picked, request, deadline),
             span,
         }
     }
@@ -74,7 +78,9 @@ where
     pub(crate) fn waiting(
         shared: Arc<Shared<S>>,
         driver: Arc<dyn std::any::Any + Send + Sync>,
+        avoid: Vec<SocketAddr>,
         request: Request<B>,
+        deadline: Option<Instant>,
         span: tracing::Span,
     ) -> Self
     where
@@ -83,11 +89,12 @@ where
         Self {
             state: State::Waiting {
                 wait: Box::pin(async move {
-                    let picked = wait_for_endpoint(shared).await;
+                    let picked = wait_for_endpoint(shared, &avoid).await;
                     drop(driver);
                     picked
                 }),
                 request: Some(request),
+                deadline,
             },
             span,
         }
@@ -101,8 +108,25 @@ where
     }
 }
 
+impl<S, B> State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn calling(picked: Picked<S>, request: Request<B>, deadline: Option<Instant>) -> Self {
+        State::Calling {
+            tracker: Some(Tracker::start(picked.load)),
+            call: picked.service.oneshot(request),
+            addr: picked.addr,
+            timeout: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+}
+
 /// Waits up to the configured time for discovery to publish an endpoint.
-async fn wait_for_endpoint<S: Clone>(shared: Arc<Shared<S>>) -> Result<Picked<S>, NoEndpoint> {
+async fn wait_for_endpoint<S: Clone>(
+    shared: Arc<Shared<S>>,
+    avoid: &[SocketAddr],
+) -> Result<Picked<S>, NoEndpoint> {
     let start = Instant::now();
     let deadline = start + shared.config().no_endpoint_timeout();
     loop {
@@ -110,7 +134,7 @@ async fn wait_for_endpoint<S: Clone>(shared: Arc<Shared<S>>) -> Result<Picked<S>
         tokio::pin!(changed);
         // Register before looking, so a table published in between is not missed.
         changed.as_mut().enable();
-        if let Some(picked) = shared.pick() {
+        if let Some(picked) = shared.pick(avoid) {
             tracing::debug!(waited = ?start.elapsed(), "an endpoint became available");
             return Ok(picked);
         }
@@ -135,25 +159,42 @@ where
         let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { wait, request } => {
+                StateProj::Waiting {
+                    wait,
+                    request,
+                    deadline,
+                } => {
                     let picked = ready!(wait.as_mut().poll(cx))?;
                     let Some(request) = request.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     this.span
                         .record("endpoint", tracing::field::display(picked.addr));
-                    this.state.set(State::Calling {
-                        tracker: Some(Tracker::start(picked.load)),
-                        call: picked.service.oneshot(request),
-                        addr: picked.addr,
-                    });
+                    let deadline = *deadline;
+                    this.state.set(State::calling(picked, request, deadline));
                 }
                 StateProj::Calling {
                     call,
                     addr,
                     tracker,
+                    timeout,
                 } => {
-                    let result = ready!(call.poll(cx));
+                    let result = match call.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            let Some(sleep) = timeout else {
+                                return Poll::Pending;
+                            };
+                            ready!(sleep.as_mut().poll(cx));
+                            let Some(mut tracker) = tracker.take() else {
+                                return Poll::Ready(Err(polled_after_completion()));
+                            };
+                            tracker.failure();
+                            let error = EndpointError::timeout(*addr, tracker.elapsed());
+                            tracing::debug!(%error, "attempt timed out");
+                            return Poll::Ready(Err(error.into()));
+                        }
+                    };
                     let Some(mut tracker) = tracker.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };

@@ -110,6 +110,46 @@ where
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServedBy(pub SocketAddr);
 
+/// Endpoints a request has already been sent to, in its extensions: the balancer picks another
+/// while any other is available (Envoy's previous-hosts retry predicate).
+///
+/// The [retry layer](crate::retry) sets it on every retry; a layer of your own can too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TriedEndpoints(Vec<SocketAddr>);
+
+impl TriedEndpoints {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an endpoint (once).
+    pub fn insert(&mut self, addr: SocketAddr) {
+        if !self.0.contains(&addr) {
+            self.0.push(addr);
+        }
+    }
+
+    /// Whether the endpoint was tried.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.0.contains(&addr)
+    }
+
+    /// The endpoints tried, in order.
+    pub fn as_slice(&self) -> &[SocketAddr] {
+        &self.0
+    }
+}
+
+/// A deadline for one attempt's response headers, in the request's extensions.
+///
+/// If the picked endpoint has not answered by then, the attempt fails with an
+/// [`EndpointError`](crate::error::EndpointError) of kind
+/// [`Timeout`](crate::error::EndpointErrorKind::Timeout) naming the endpoint, and the endpoint is
+/// charged a failure. The [retry layer](crate::retry) sets it from its per-try timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptDeadline(pub tokio::time::Instant);
+
 /// A tower [`Layer`] that balances over the per-endpoint clients made by the wrapped
 /// [`MakeEndpoint`].
 ///
@@ -336,14 +376,24 @@ where
         if let Err(error) = self.driver.ensure_started() {
             return ResponseFuture::failed(error.into(), span);
         }
-        match self.shared.pick() {
-            Some(picked) => ResponseFuture::calling(picked, request, span),
-            None => ResponseFuture::waiting(
-                Arc::clone(&self.shared),
-                Arc::clone(&self.driver) as _,
-                request,
-                span,
-            ),
+        let extensions = request.extensions();
+        let avoid = extensions
+            .get::<TriedEndpoints>()
+            .map_or(&[][..], TriedEndpoints::as_slice);
+        let deadline = extensions.get::<AttemptDeadline>().map(|d| d.0);
+        match self.shared.pick(avoid) {
+            Some(picked) => ResponseFuture::calling(picked, request, deadline, span),
+            None => {
+                let avoid = avoid.to_vec();
+                ResponseFuture::waiting(
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.driver) as _,
+                    avoid,
+                    request,
+                    deadline,
+                    span,
+                )
+            }
         }
     }
 }

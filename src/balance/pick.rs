@@ -4,6 +4,7 @@
 //! weight sums (O(log n)). None of them allocates or takes a lock: loads are atomics, the
 //! random generator is one atomic add, round robin is one atomic increment.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,39 +14,96 @@ use super::Picker;
 use super::table::{Slot, Table};
 use crate::rng::Rng;
 
-/// Chooses a slot of a non-empty table; `None` only for an empty table.
+/// Chooses a slot, or `None` only for an empty table.
+///
+/// Endpoints in `avoid` (those a retry already tried) are skipped while any other is left; when
+/// every endpoint is in `avoid`, it is ignored, since trying one again beats not trying.
 pub(crate) fn pick<'t, S>(
     picker: Picker,
     table: &'t Table<S>,
     rng: &Rng,
     round_robin: &AtomicUsize,
+    avoid: &[SocketAddr],
 ) -> Option<&'t Arc<Slot<S>>> {
     let slots = &table.slots;
-    match slots.len() {
-        0 => None,
-        1 => slots.first(),
-        n => Some(match picker {
-            Picker::P2cPeakEwma => {
-                let now = Instant::now();
-                p2c(slots, rng, |slot| {
-                    slot.load.peak_ewma_cost(now, slot.endpoint.weight())
-                })
-            }
-            Picker::P2cLeastRequest => p2c(slots, rng, |slot| {
-                slot.load.in_flight_cost(slot.endpoint.weight())
-            }),
-            Picker::RoundRobin => &slots[round_robin.fetch_add(1, Ordering::Relaxed) % n],
-            Picker::Random => &slots[rng.below(n)],
-            Picker::Weighted => {
-                let total = table.total_weight();
-                let target = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
-                let index = table
-                    .cumulative_weights
-                    .partition_point(|&sum| sum <= target);
-                &slots[index.min(n - 1)]
-            }
-        }),
+    let n = slots.len();
+    if n == 0 {
+        return None;
     }
+    if !avoid.is_empty() {
+        let allowed = |i: usize| !avoid.contains(&slots[i].endpoint.addr());
+        if let Some(index) = pick_allowed(picker, table, rng, round_robin, allowed) {
+            return Some(&slots[index]);
+        }
+    }
+    if n == 1 {
+        return slots.first();
+    }
+    Some(match picker {
+        Picker::P2cPeakEwma => {
+            let now = Instant::now();
+            p2c(slots, rng, |slot| {
+                slot.load.peak_ewma_cost(now, slot.endpoint.weight())
+            })
+        }
+        Picker::P2cLeastRequest => p2c(slots, rng, |slot| {
+            slot.load.in_flight_cost(slot.endpoint.weight())
+        }),
+        Picker::RoundRobin => &slots[round_robin.fetch_add(1, Ordering::Relaxed) % n],
+        Picker::Random => &slots[rng.below(n)],
+        Picker::Weighted => &slots[weighted_index(table, rng)],
+    })
+}
+
+/// The picker's rule restricted to slots where `allowed` holds; `None` if it holds nowhere.
+///
+/// Each draw that lands on a slot that is not allowed moves on to the next allowed slot in table
+/// order. That tilts the choice toward slots that follow excluded ones, which is acceptable for
+/// the rare requests (retries) that exclude anything.
+fn pick_allowed<S>(
+    picker: Picker,
+    table: &Table<S>,
+    rng: &Rng,
+    round_robin: &AtomicUsize,
+    allowed: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let n = table.slots.len();
+    let next_allowed = |from: usize, except: Option<usize>| {
+        (0..n)
+            .map(|k| (from + k) % n)
+            .find(|&i| Some(i) != except && allowed(i))
+    };
+    let draw = match picker {
+        Picker::RoundRobin => round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        Picker::Weighted => weighted_index(table, rng),
+        _ => rng.below(n),
+    };
+    let first = next_allowed(draw, None)?;
+    let cost: fn(&Slot<S>, Instant) -> f64 = match picker {
+        Picker::P2cPeakEwma => |slot, now| slot.load.peak_ewma_cost(now, slot.endpoint.weight()),
+        Picker::P2cLeastRequest => |slot, _| slot.load.in_flight_cost(slot.endpoint.weight()),
+        _ => return Some(first),
+    };
+    let Some(second) = next_allowed(rng.below(n), Some(first)) else {
+        return Some(first);
+    };
+    let now = Instant::now();
+    let (a, b) = (&table.slots[first], &table.slots[second]);
+    Some(if cost(b, now) < cost(a, now) {
+        second
+    } else {
+        first
+    })
+}
+
+/// A slot index drawn with probability proportional to its weight.
+fn weighted_index<S>(table: &Table<S>, rng: &Rng) -> usize {
+    let total = table.total_weight();
+    let target = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
+    let index = table
+        .cumulative_weights
+        .partition_point(|&sum| sum <= target);
+    index.min(table.slots.len().saturating_sub(1))
 }
 
 /// Power of two choices over two distinct slots (`slots.len() >= 2`): the lower cost wins, a
@@ -96,7 +154,7 @@ mod tests {
         let rr = AtomicUsize::new(0);
         let mut counts = HashMap::new();
         for _ in 0..draws {
-            let slot = pick(picker, table, &rng, &rr).unwrap();
+            let slot = pick(picker, table, &rng, &rr, &[]).unwrap();
             *counts.entry(slot.endpoint.addr()).or_default() += 1;
         }
         counts
@@ -104,6 +162,47 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         ([127, 0, 0, 1], port).into()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn avoided_endpoints_are_skipped_while_others_remain() {
+        let t = table(&[1, 1, 1, 1]);
+        let rng = Rng::seeded(9);
+        let rr = AtomicUsize::new(0);
+        for picker in [
+            Picker::P2cPeakEwma,
+            Picker::P2cLeastRequest,
+            Picker::RoundRobin,
+            Picker::Random,
+            Picker::Weighted,
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..1_000 {
+                let slot = pick(picker, &t, &rng, &rr, &[addr(1), addr(3)]).unwrap();
+                seen.insert(slot.endpoint.addr());
+            }
+            let mut seen: Vec<_> = seen.into_iter().collect();
+            seen.sort();
+            assert_eq!(seen, [addr(2), addr(4)], "{picker:?}");
+            // Every endpoint avoided: avoidance is dropped rather than failing the pick.
+            let all = [addr(1), addr(2), addr(3), addr(4)];
+            assert!(pick(picker, &t, &rng, &rr, &all).is_some(), "{picker:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn avoidance_keeps_the_lower_cost_choice() {
+        // Of the two endpoints left, the idle one always wins.
+        let t = table(&[1, 1, 1]);
+        for _ in 0..3 {
+            t.slots[1].load.start();
+        }
+        let rng = Rng::seeded(5);
+        let rr = AtomicUsize::new(0);
+        for _ in 0..1_000 {
+            let slot = pick(Picker::P2cLeastRequest, &t, &rng, &rr, &[addr(1)]).unwrap();
+            assert_eq!(slot.endpoint.addr(), addr(3));
+        }
     }
 
     #[tokio::test(start_paused = true)]

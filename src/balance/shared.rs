@@ -50,12 +50,18 @@ impl<S> Shared<S> {
     }
 
     /// Picks an endpoint from the current table, or `None` when there is none.
-    pub(crate) fn pick(&self) -> Option<Picked<S>>
+    pub(crate) fn pick(&self, avoid: &[SocketAddr]) -> Option<Picked<S>>
     where
         S: Clone,
     {
         let table = self.table.load();
-        let slot = pick::pick(self.config.picker(), &table, &self.rng, &self.round_robin)?;
+        let slot = pick::pick(
+            self.config.picker(),
+            &table,
+            &self.rng,
+            &self.round_robin,
+            avoid,
+        )?;
         Some(Picked::from(&**slot))
     }
 }

@@ -98,7 +98,9 @@ impl PeakEwma {
 
     /// Whether at least one round trip has been observed.
     pub fn has_sample(&self) -> bool {
-        !unpack(self.state.load(Ordering::Relaxed)).0.is_sign_negative()
+        !unpack(self.state.load(Ordering::Relaxed))
+            .0
+            .is_sign_negative()
     }
 
     /// The current estimate in nanoseconds, and whether it comes from a real sample.
