@@ -284,3 +284,79 @@ fn find_status(error: &(dyn std::error::Error + 'static)) -> Option<tonic::Code>
     }
     None
 }
+
+/// The request's overall deadline passed, across its attempts and backoffs.
+#[derive(Debug)]
+pub struct DeadlineExceeded {
+    deadline: Duration,
+    attempts: u32,
+    last_endpoint: Option<SocketAddr>,
+    #[cfg(feature = "tonic")]
+    status: tonic::Status,
+}
+
+impl DeadlineExceeded {
+    pub(crate) fn new(
+        deadline: Duration,
+        attempts: u32,
+        last_endpoint: Option<SocketAddr>,
+    ) -> Self {
+        Self {
+            deadline,
+            attempts,
+            last_endpoint,
+            #[cfg(feature = "tonic")]
+            status: tonic::Status::deadline_exceeded(deadline_message(
+                deadline,
+                attempts,
+                last_endpoint,
+            )),
+        }
+    }
+
+    /// The deadline that passed.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Attempts started, the one cut short included.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The endpoint of the last finished attempt, if any finished.
+    pub fn last_endpoint(&self) -> Option<SocketAddr> {
+        self.last_endpoint
+    }
+}
+
+fn deadline_message(
+    deadline: Duration,
+    attempts: u32,
+    last_endpoint: Option<SocketAddr>,
+) -> String {
+    let mut message = format!("deadline of {deadline:?} exceeded during attempt {attempts}");
+    if let Some(endpoint) = last_endpoint {
+        message.push_str(&format!(" (last endpoint tried: {endpoint})"));
+    }
+    message
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&deadline_message(
+            self.deadline,
+            self.attempts,
+            self.last_endpoint,
+        ))
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        #[cfg(feature = "tonic")]
+        return Some(&self.status);
+        #[cfg(not(feature = "tonic"))]
+        None
+    }
+}

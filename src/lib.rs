@@ -47,6 +47,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod load;
+pub mod retry;
 mod rng;
 pub mod telemetry;
 

@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub table_age: Duration,
     /// The state of the discovery source.
     pub discovery: DiscoverySnapshot,
+    /// The retry counters, when a retry layer is part of the stack (as in
+    /// [`Client`](crate::Client)).
+    pub retry: Option<RetrySnapshot>,
 }
 
 impl Snapshot {
@@ -78,4 +81,32 @@ pub struct DiscoverySnapshot {
     /// The last rejection or error, cleared by the next good update: `Some` means discovery is
     /// failing now and the balancer runs on the last good set.
     pub last_error: Option<String>,
+}
+
+/// The counters of a retry layer.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RetrySnapshot {
+    /// Original requests.
+    pub requests: u64,
+    /// Retries sent (attempts beyond the first).
+    pub retries: u64,
+    /// Retries the budget refused; the last response or error was returned.
+    pub budget_denied: u64,
+    /// Requests that used every attempt and still failed.
+    pub exhausted: u64,
+    /// Retries given up because the request body could not be sent again (over the replay cap,
+    /// or still streaming when the response came).
+    pub not_replayable: u64,
+    /// Retries the server refused (negative or malformed gRPC pushback, `Retry-After` too long).
+    pub refused_by_server: u64,
+    /// Retries the budget would allow now (tokens, for gRPC throttling).
+    pub budget_available: f64,
+}
+
+impl RetrySnapshot {
+    /// Retries per original request: the load retries add, as a fraction.
+    pub fn retry_ratio(&self) -> f64 {
+        self.retries as f64 / self.requests.max(1) as f64
+    }
 }

@@ -19,6 +19,7 @@ use proxyless::balance::{Balance, BalanceConfig, BalanceLayer, Picker, ServedBy}
 use proxyless::discover::{self, Discover, Endpoint};
 use proxyless::error::{BuildError, EndpointError, EndpointErrorKind};
 use proxyless::http::{ClientBody, EndpointClient, EndpointClients, Origin};
+use proxyless::retry::RetryPolicy;
 use proxyless::{BoxError, Client};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -70,6 +71,15 @@ fn fixed(backends: &[Backend]) -> discover::Fixed {
 fn client<D: Discover>(discover: D) -> Client {
     Client::builder()
         .discover(discover)
+        .build()
+        .expect("client")
+}
+
+/// The batteries-included client with retries turned off.
+fn client_without_retries<D: Discover>(discover: D) -> Client {
+    Client::builder()
+        .discover(discover)
+        .retry(RetryPolicy::builder().max_attempts(1).build().unwrap())
         .build()
         .expect("client")
 }
@@ -359,10 +369,32 @@ async fn refused_connection_is_a_typed_connect_error() {
     let message = error.to_string();
     assert!(message.contains(&refused.to_string()), "{message}");
 
+    // Never sent, so retried: three attempts on the only endpoint there is.
     let snapshot = client.snapshot();
     let endpoint = snapshot.endpoint(refused).unwrap();
-    assert_eq!((endpoint.requests, endpoint.failures), (1, 1));
+    assert_eq!((endpoint.requests, endpoint.failures), (3, 3));
     assert_eq!(endpoint.in_flight, 0);
+    let retry = snapshot.retry.unwrap();
+    assert_eq!((retry.requests, retry.retries, retry.exhausted), (1, 2, 1));
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_another_endpoint() {
+    let (_socket, refused) = refusing_port();
+    let healthy = Backend::start("healthy").await;
+    let client = client(discover::fixed([refused, healthy.addr]).unwrap());
+    for _ in 0..20 {
+        let answer = send(&client, "http://users/profile").await.unwrap();
+        assert_eq!(answer.served_by, healthy.addr);
+    }
+    let snapshot = client.snapshot();
+    let bad = snapshot.endpoint(refused).unwrap();
+    let retry = snapshot.retry.clone().unwrap();
+    assert!(bad.requests >= 1, "{bad:?}");
+    assert_eq!(bad.failures, bad.requests);
+    assert_eq!(retry.retries, bad.failures, "each refusal retried once");
+    assert_eq!((retry.requests, retry.exhausted), (20, 0));
+    assert_eq!(healthy.requests(), 20);
 }
 
 #[tokio::test]
@@ -425,7 +457,7 @@ async fn refusing_and_healthy(
 async fn failure_penalty_steers_traffic_away_from_a_refusing_endpoint() {
     let (_socket, refused) = refusing_port();
     let healthy = Backend::start("healthy").await;
-    let client = client(discover::fixed([refused, healthy.addr]).unwrap());
+    let client = client_without_retries(discover::fixed([refused, healthy.addr]).unwrap());
 
     let (ok, failed) = refusing_and_healthy(&client, refused, &healthy).await;
 

@@ -351,6 +351,7 @@ impl<S> Balance<S> {
                 ended: discovery.ended.load(Ordering::Relaxed),
                 last_error: discovery.last_error.load_full().map(|e| e.as_ref().clone()),
             },
+            retry: None,
         }
     }
 }

@@ -9,13 +9,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{self, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{EndpointClient, EndpointClients, Origin};
 use crate::BoxError;
-use crate::balance::{Balance, BalanceConfig, ResponseBody, ResponseFuture};
+use crate::balance::{Balance, BalanceConfig, ResponseBody};
 use crate::discover::Discover;
 use crate::error::BuildError;
+use crate::retry::{ReplayBody, ResponseFuture, Retry, RetryLayer, RetryPolicy};
 use crate::telemetry::Snapshot;
 
 /// The response body of a [`Client`].
@@ -23,10 +25,12 @@ pub type ClientBody = ResponseBody<Incoming>;
 
 /// A balanced HTTP client: `Clone`, a tower `Service`, ready to use.
 ///
-/// Built by [`Client::builder`] over hyper-util: one pooled client per endpoint (HTTP/1.1, or
-/// HTTP/2 with [`ClientBuilder::http2_only`]), P2C over PeakEWMA, a bounded wait when no endpoint
-/// is available. `B` is the request body type (`Full<Bytes>` by default; `tonic::body::Body`
-/// for a tonic generated client).
+/// Built by [`Client::builder`] over hyper-util, the full default stack:
+/// `Retry → Balance → per-endpoint client`. Retries follow the default
+/// [`RetryPolicy`] (budgeted, on another endpoint); balancing is P2C over PeakEWMA with a
+/// bounded wait when no endpoint is available; each endpoint has its own pooled client
+/// (HTTP/1.1, or HTTP/2 with [`ClientBuilder::http2_only`]). `B` is the request body type
+/// (`Full<Bytes>` by default; `tonic::body::Body` for a tonic generated client).
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -39,13 +43,13 @@ pub type ClientBody = ResponseBody<Incoming>;
 /// # Ok(()) }
 /// ```
 pub struct Client<B = Full<Bytes>> {
-    balance: Balance<EndpointClient<B>>,
+    stack: Retry<Balance<EndpointClient<ReplayBody<B>>>>,
 }
 
 impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Self {
-            balance: self.balance.clone(),
+            stack: self.stack.clone(),
         }
     }
 }
@@ -53,7 +57,7 @@ impl<B> Clone for Client<B> {
 impl<B> std::fmt::Debug for Client<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("balance", &self.balance)
+            .field("stack", &self.stack)
             .finish()
     }
 }
@@ -68,11 +72,13 @@ impl Client {
     /// | [`http2_keep_alive`](ClientBuilder::http2_keep_alive) | 20 s interval, 20 s timeout, also while idle | hyper's keep-alive timeout; detects dead HTTP/2 connections |
     /// | [`pool_idle_timeout`](ClientBuilder::pool_idle_timeout) | 90 s, enforced by a timer | hyper-util (inert there without a pool timer) |
     /// | [`balance`](ClientBuilder::balance) | [`BalanceConfig::default`] | see there |
+    /// | [`retry`](ClientBuilder::retry) | [`RetryPolicy::default`] | see there |
     pub fn builder() -> ClientBuilder<()> {
         ClientBuilder {
             discover: (),
             origin: None,
             balance: BalanceConfig::default(),
+            retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(1),
             http2_only: false,
             http2_keep_alive: Some(Duration::from_secs(20)),
@@ -82,21 +88,23 @@ impl Client {
 }
 
 impl<B> Client<B> {
-    /// The endpoints with their loads and counters, and the state of discovery.
+    /// The endpoints with their loads and counters, the state of discovery, and the retry
+    /// counters.
     pub fn snapshot(&self) -> Snapshot {
-        self.balance.snapshot()
+        let mut snapshot = self.stack.get_ref().snapshot();
+        snapshot.retry = Some(self.stack.snapshot());
+        snapshot
     }
 
     /// The balancer inside.
-    pub fn balance(&self) -> &Balance<EndpointClient<B>> {
-        &self.balance
+    pub fn balance(&self) -> &Balance<EndpointClient<ReplayBody<B>>> {
+        self.stack.get_ref()
     }
 }
 
 impl<B> Client<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     /// Sends a request to the best endpoint.
@@ -122,19 +130,18 @@ where
 impl<B> Service<Request<B>> for Client<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ClientBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<EndpointClient<B>, B>;
+    type Future = ResponseFuture<Response<ClientBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.balance.poll_ready(cx)
+        self.stack.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.balance.call(request)
+        self.stack.call(request)
     }
 }
 
@@ -144,6 +151,7 @@ pub struct ClientBuilder<D> {
     discover: D,
     origin: Option<String>,
     balance: BalanceConfig,
+    retry: RetryPolicy,
     connect_timeout: Duration,
     http2_only: bool,
     http2_keep_alive: Option<Duration>,
@@ -157,6 +165,7 @@ impl<D> ClientBuilder<D> {
             discover,
             origin: self.origin,
             balance: self.balance,
+            retry: self.retry,
             connect_timeout: self.connect_timeout,
             http2_only: self.http2_only,
             http2_keep_alive: self.http2_keep_alive,
@@ -174,6 +183,12 @@ impl<D> ClientBuilder<D> {
     /// Sets the balancer's settings.
     pub fn balance(mut self, config: BalanceConfig) -> Self {
         self.balance = config;
+        self
+    }
+
+    /// Sets the retry policy (budget, backoff, replay); `max_attempts(1)` turns retries off.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 
@@ -217,7 +232,6 @@ impl<D: Discover> ClientBuilder<D> {
     pub fn build_with_body<B>(self) -> Result<Client<B>, BuildError>
     where
         B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
         B::Error: Into<BoxError>,
     {
         let hour = Duration::from_secs(3_600);
@@ -262,6 +276,8 @@ impl<D: Discover> ClientBuilder<D> {
             clients = clients.origin(origin);
         }
         let balance = Balance::new(self.discover, clients, self.balance)?;
-        Ok(Client { balance })
+        Ok(Client {
+            stack: RetryLayer::new(self.retry).layer(balance),
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! Per-endpoint load: requests in flight and a PeakEWMA round-trip estimate.
 //!
-//! Every endpoint carries one [`EndpointLoad`], updated with atomics only, so recording a
+//! Every endpoint carries its load counters, updated with atomics only, so recording a
 //! request and reading loads for a pick take no lock. The balancer's cost functions:
 //!
 //! - **PeakEWMA** (the default): `rtt_estimate × (in_flight + 1) / weight`, as in Finagle,
