@@ -1,9 +1,14 @@
-//! Why P2C over PeakEWMA matters, in a few seconds.
+//! Why P2C over PeakEWMA, retries and retry budgets matter, in a few seconds.
 //!
-//! Starts five HTTP backends on loopback, one of them ten times slower than the others, and sends
-//! the same few thousand requests through two balanced clients: proxyless's default (power of two
-//! choices over PeakEWMA) and plain round robin. Prints each endpoint's share of the traffic and
-//! the latency percentiles side by side, and writes them as an SVG chart.
+//! Starts five HTTP backends on loopback, one of them ten times slower than the others, and:
+//!
+//! 1. sends the same few thousand requests through two balanced clients, proxyless's default
+//!    (power of two choices over PeakEWMA) and plain round robin, and prints each endpoint's
+//!    share of the traffic and the latency percentiles side by side (also as an SVG chart);
+//! 2. makes one backend answer 503 to 30 % of its requests and compares the success rate the
+//!    caller sees with retries on and off;
+//! 3. makes every backend answer 503 to half of its requests and shows the retry budget holding
+//!    the extra load retries add to about 20 %, where unbudgeted retries would add 75 %.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -13,29 +18,55 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxyless::balance::{BalanceConfig, Picker, ServedBy};
+use proxyless::retry::{Budget, RetryPolicy};
+use proxyless::telemetry::RetrySnapshot;
 use proxyless::{BoxError, Client, discover};
 use tokio::net::TcpListener;
 
-const REQUESTS: usize = 3_000;
+const REQUESTS: usize = 2_000;
 const CONCURRENCY: usize = 8;
 const FAST: Duration = Duration::from_millis(5);
 const SLOW: Duration = Duration::from_millis(50);
 
+const FAILURE_REQUESTS: usize = 3_000;
+/// Enough concurrency that the retries' backoffs do not stretch the run.
+const FAILURE_CONCURRENCY: usize = 64;
+
 struct Run {
     name: &'static str,
+    requests: usize,
     shares: BTreeMap<SocketAddr, u64>,
     latency_us: Histogram<u64>,
     elapsed: Duration,
+    succeeded: u64,
+    retry: RetrySnapshot,
+}
+
+impl Run {
+    fn success_rate(&self) -> f64 {
+        100.0 * self.succeeded as f64 / self.requests as f64
+    }
+}
+
+/// A loopback backend whose answers the example changes as it goes.
+struct Backend {
+    addr: SocketAddr,
+    delay: Duration,
+    /// Out of every ten requests, how many get a 503.
+    failures_in_ten: Arc<AtomicU32>,
 }
 
 #[tokio::main]
@@ -43,19 +74,25 @@ async fn main() -> Result<(), BoxError> {
     let mut backends = Vec::new();
     for i in 0..5 {
         let delay = if i == 4 { SLOW } else { FAST };
-        backends.push((spawn_backend(delay).await?, delay));
+        backends.push(Backend::spawn(delay).await?);
     }
-    let slow = backends[4].0;
+    let slow = backends[4].addr;
     println!("Backends on loopback (each answers after its delay):");
-    for (addr, delay) in &backends {
+    for backend in &backends {
         println!(
-            "  {addr}  {delay:?}{}",
-            if *addr == slow { "  <- 10x slower" } else { "" }
+            "  {}  {:?}{}",
+            backend.addr,
+            backend.delay,
+            if backend.addr == slow {
+                "  <- 10x slower"
+            } else {
+                ""
+            }
         );
     }
-    println!();
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
 
-    let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
+    println!("\n1. Balancing: one endpoint ten times slower\n");
     let mut runs = Vec::new();
     for (name, picker) in [
         ("p2c + PeakEWMA", Picker::P2cPeakEwma),
@@ -65,56 +102,148 @@ async fn main() -> Result<(), BoxError> {
             .discover(discover::fixed(addrs.clone())?)
             .balance(BalanceConfig::builder().picker(picker).build()?)
             .build()?;
-        runs.push(drive(name, client).await?);
+        runs.push(drive(name, client, REQUESTS, CONCURRENCY).await?);
     }
-
     print_report(&addrs, slow, &runs);
     let chart = std::env::temp_dir().join("proxyless-quickstart.svg");
     std::fs::write(&chart, svg_chart(&addrs, slow, &runs))?;
     println!("\nChart: {}", chart.display());
+
+    let flaky = backends[1].addr;
+    println!("\n2. Retries: {flaky} answers 503 to 30 % of its requests\n");
+    backends[1].failures_in_ten.store(3, Ordering::Relaxed);
+    let mut runs = Vec::new();
+    for (name, attempts) in [("retries on", 3), ("retries off", 1)] {
+        let policy = RetryPolicy::builder().max_attempts(attempts).build()?;
+        let client = Client::builder()
+            .discover(discover::fixed(addrs.clone())?)
+            .retry(policy)
+            .build()?;
+        runs.push(drive(name, client, FAILURE_REQUESTS, FAILURE_CONCURRENCY).await?);
+    }
+    print_failures(&runs, Some(flaky));
+    println!(
+        "\nPeakEWMA charges each failure a 5 s penalty, so traffic leaves the flaky endpoint after\n\
+         its first 503s; retries, sent to another endpoint, recover the requests that still failed."
+    );
+
+    println!("\n3. Retry budget: every backend answers 503 to half of its requests\n");
+    for backend in &backends {
+        backend.failures_in_ten.store(5, Ordering::Relaxed);
+    }
+    let mut runs = Vec::new();
+    for (name, budget) in [
+        (
+            "budget 20 %",
+            Budget::Tps {
+                ttl: Duration::from_secs(10),
+                min_per_sec: 10,
+                ratio: 0.2,
+            },
+        ),
+        ("no budget", Budget::Unlimited),
+    ] {
+        let policy = RetryPolicy::builder().budget(budget).build()?;
+        let client = Client::builder()
+            .discover(discover::fixed(addrs.clone())?)
+            .retry(policy)
+            .build()?;
+        runs.push(drive(name, client, FAILURE_REQUESTS, FAILURE_CONCURRENCY).await?);
+    }
+    print_failures(&runs, None);
+    println!(
+        "\nThe budget allows retries of 20 % of requests plus 10 a second (a reserve of 100) over\n\
+         10 s: it gives up some success to keep the extra load on a struggling service near 20 %."
+    );
     Ok(())
 }
 
-/// Sends `REQUESTS` requests, `CONCURRENCY` at a time, showing progress.
-async fn drive(name: &'static str, client: Client) -> Result<Run, BoxError> {
+fn print_failures(runs: &[Run], flaky: Option<SocketAddr>) {
+    print!("  {:<28}", "");
+    for run in runs {
+        print!("{:>14}", run.name);
+    }
+    println!();
+    type Cell = fn(&Run) -> String;
+    let rows: [(&str, Cell); 4] = [
+        ("success rate", |r| format!("{:.2}%", r.success_rate())),
+        ("retries per request", |r| {
+            format!("{:.3}", r.retry.retry_ratio())
+        }),
+        ("backend load (attempts/req)", |r| {
+            format!("{:.2}x", 1.0 + r.retry.retry_ratio())
+        }),
+        ("retries denied by budget", |r| {
+            r.retry.budget_denied.to_string()
+        }),
+    ];
+    for (label, value) in rows {
+        print!("  {label:<28}");
+        for run in runs {
+            print!("{:>14}", value(run));
+        }
+        println!();
+    }
+    if let Some(flaky) = flaky {
+        print!("  {:<28}", "share of the flaky endpoint");
+        for run in runs {
+            print!("{:>13.1}%", share(run, flaky));
+        }
+        println!();
+    }
+}
+
+/// Sends `requests` requests, `concurrency` at a time, showing progress.
+async fn drive(
+    name: &'static str,
+    client: Client,
+    requests: usize,
+    concurrency: usize,
+) -> Result<Run, BoxError> {
     let start = Instant::now();
     let mut shares = BTreeMap::new();
     let mut latency_us = Histogram::<u64>::new(3)?;
-    let mut results = futures_util::stream::iter(0..REQUESTS)
+    let mut succeeded = 0;
+    let mut results = futures_util::stream::iter(0..requests)
         .map(|_| {
             let client = client.clone();
             async move {
                 let sent = Instant::now();
                 let rsp = client.get("http://quickstart/").await?;
                 let served_by = rsp.extensions().get::<ServedBy>().map(|s| s.0);
+                let ok = rsp.status().is_success();
                 rsp.into_body().collect().await?;
-                Ok::<_, BoxError>((served_by, sent.elapsed()))
+                Ok::<_, BoxError>((served_by, ok, sent.elapsed()))
             }
         })
-        .buffer_unordered(CONCURRENCY);
+        .buffer_unordered(concurrency);
     let mut done = 0;
     let interactive = std::io::stdout().is_terminal();
     while let Some(result) = results.next().await {
-        let (served_by, took) = result?;
+        let (served_by, ok, took) = result?;
+        succeeded += u64::from(ok);
         if let Some(addr) = served_by {
             *shares.entry(addr).or_default() += 1;
         }
         latency_us.record(took.as_micros() as u64)?;
         done += 1;
-        if interactive && (done % 100 == 0 || done == REQUESTS) {
-            print!("\r{name:>15}: {done:>5}/{REQUESTS} requests");
+        if interactive && (done % 100 == 0 || done == requests) {
+            print!("\r{name:>15}: {done:>5}/{requests} requests");
             std::io::stdout().flush()?;
-        } else if !interactive && done % (REQUESTS / 4) == 0 {
-            println!("{name:>15}: {done:>5}/{REQUESTS} requests");
+        } else if !interactive && done % (requests / 4) == 0 {
+            println!("{name:>15}: {done:>5}/{requests} requests");
         }
     }
     let elapsed = start.elapsed();
     println!("{name:>15}: done in {:.2} s", elapsed.as_secs_f64());
     Ok(Run {
         name,
+        requests,
         shares,
         latency_us,
         elapsed,
+        succeeded,
+        retry: client.snapshot().retry.unwrap_or_default(),
     })
 }
 
@@ -156,7 +285,7 @@ fn print_report(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) {
     }
     print!("  {:<24}", "throughput (req/s)");
     for run in runs {
-        print!("{:>16.0}", REQUESTS as f64 / run.elapsed.as_secs_f64());
+        print!("{:>16.0}", run.requests as f64 / run.elapsed.as_secs_f64());
     }
     println!();
 
@@ -285,22 +414,44 @@ fn svg_chart(addrs: &[SocketAddr], slow: SocketAddr, runs: &[Run]) -> String {
     svg + "</svg>\n"
 }
 
-/// An HTTP/1.1 + h2c backend on loopback that answers after `delay`.
-async fn spawn_backend(delay: Duration) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(move |_req| async move {
-                    tokio::time::sleep(delay).await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+impl Backend {
+    /// An HTTP/1.1 + h2c backend on loopback that answers after `delay`.
+    async fn spawn(delay: Duration) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let failures_in_ten = Arc::new(AtomicU32::new(0));
+        let served = Arc::new(AtomicU64::new(0));
+        let failures = Arc::clone(&failures_in_ten);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (failures, served) = (Arc::clone(&failures), Arc::clone(&served));
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        let n = served.fetch_add(1, Ordering::Relaxed);
+                        let fail = n % 10 < u64::from(failures.load(Ordering::Relaxed));
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let status = if fail {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::OK
+                            };
+                            let body = Full::new(Bytes::from_static(b"ok"));
+                            let mut rsp = hyper::Response::new(body);
+                            *rsp.status_mut() = status;
+                            Ok::<_, Infallible>(rsp)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
+            }
+        });
+        Ok(Self {
+            addr,
+            delay,
+            failures_in_ten,
+        })
+    }
 }
