@@ -1,31 +1,45 @@
-//! The response body wrapper that finishes a request's load accounting.
+//! The response body wrapper that finishes a request's accounting.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use crate::classify::{Classify, LocalOrigin, Outcome};
 use crate::load::EndpointLoad;
 
-/// Holds one request's place in its endpoint's in-flight count until dropped, and records its
-/// round trip once.
-#[derive(Debug)]
+/// One request's accounting on its endpoint: holds its place in the in-flight count until
+/// dropped, takes the round-trip sample once (at the first response frame), and records the
+/// request's [`Outcome`] once, as soon as it is known.
 pub(crate) struct Tracker {
     load: Arc<EndpointLoad>,
+    classify: Arc<dyn Classify>,
     start: Instant,
     sampled: bool,
+    outcome: Option<Outcome>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("start", &self.start)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tracker {
-    pub(crate) fn start(load: Arc<EndpointLoad>) -> Self {
+    pub(crate) fn start(load: Arc<EndpointLoad>, classify: Arc<dyn Classify>) -> Self {
         load.start();
         Self {
             load,
+            classify,
             start: Instant::now(),
             sampled: false,
+            outcome: None,
         }
     }
 
@@ -34,8 +48,8 @@ impl Tracker {
         self.start.elapsed()
     }
 
-    /// Records a successful round trip, unless one was already recorded.
-    pub(crate) fn success(&mut self) {
+    /// The first response frame arrived (or the body turned out empty): the round trip.
+    fn first_frame(&mut self) {
         if !self.sampled {
             self.sampled = true;
             let now = Instant::now();
@@ -43,11 +57,40 @@ impl Tracker {
         }
     }
 
-    /// Records a failure: counted, and charged at least the failure penalty.
-    pub(crate) fn failure(&mut self) {
-        self.sampled = true;
-        let now = Instant::now();
-        self.load.observe_failure(now - self.start, now);
+    /// Records the request's outcome, once; a failure is counted and charged at least the
+    /// failure penalty instead of its round trip.
+    pub(crate) fn complete(&mut self, outcome: Outcome) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.outcome = Some(outcome);
+        if outcome.is_failure() {
+            self.sampled = true;
+            let now = Instant::now();
+            self.load.observe_failure(now - self.start, now);
+        }
+    }
+
+    /// Classifies response headers, completing the request unless the trailers will decide.
+    pub(crate) fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+        if let Some(outcome) = self.classify.classify_response(status, headers) {
+            self.complete(outcome);
+        }
+    }
+
+    /// Classifies an error from the endpoint's client.
+    pub(crate) fn error(&mut self, error: &(dyn std::error::Error + 'static)) {
+        let outcome = self.classify.classify_error(error);
+        self.complete(outcome);
+    }
+
+    /// The response ended, with its trailers if it had any.
+    fn end(&mut self, trailers: Option<&HeaderMap>) {
+        self.first_frame();
+        if self.outcome.is_none() {
+            let outcome = self.classify.classify_end(trailers);
+            self.complete(outcome);
+        }
     }
 }
 
@@ -61,8 +104,8 @@ pin_project_lite::pin_project! {
     /// A response body from a balanced endpoint.
     ///
     /// It passes frames through unchanged. The request counts as in flight on its endpoint until
-    /// this body ends or is dropped; the round-trip sample is taken at the first frame; a body
-    /// error or a gRPC failure status in the trailers is recorded as a failure.
+    /// this body ends or is dropped; the round-trip sample is taken at the first frame; a gRPC
+    /// status in the trailers (or its absence) and body errors are classified.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
@@ -74,7 +117,7 @@ pin_project_lite::pin_project! {
 impl<B: Body> ResponseBody<B> {
     pub(crate) fn new(inner: B, mut tracker: Tracker) -> Self {
         let tracker = if inner.is_end_stream() {
-            tracker.success();
+            tracker.end(None);
             None
         } else {
             Some(tracker)
@@ -100,14 +143,13 @@ impl<B: Body> Body for ResponseBody<B> {
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(tracker) = this.tracker {
             match &frame {
-                Some(Ok(frame)) => {
-                    tracker.success();
-                    if frame.trailers_ref().is_some_and(grpc_failed) {
-                        tracker.failure();
-                    }
-                }
-                Some(Err(_)) => tracker.failure(),
-                None => tracker.success(),
+                Some(Ok(frame)) => match frame.trailers_ref() {
+                    Some(trailers) => tracker.end(Some(trailers)),
+                    None if this.inner.is_end_stream() => tracker.end(None),
+                    None => tracker.first_frame(),
+                },
+                Some(Err(_)) => tracker.complete(Outcome::LocalOrigin(LocalOrigin::Reset)),
+                None => tracker.end(None),
             }
             if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
                 *this.tracker = None;
@@ -123,14 +165,4 @@ impl<B: Body> Body for ResponseBody<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// Whether a `grpc-status` says the server failed: UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
-/// UNAVAILABLE or DATA_LOSS, the codes Envoy maps to 5xx. Application errors such as NOT_FOUND
-/// or INVALID_ARGUMENT say nothing about the endpoint's health.
-pub(crate) fn grpc_failed(headers: &HeaderMap) -> bool {
-    matches!(
-        headers.get("grpc-status").map(|v| v.as_bytes()),
-        Some(b"2" | b"4" | b"13" | b"14" | b"15")
-    )
 }

@@ -1,7 +1,9 @@
 //! Balancer settings, with their defaults and precedent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::classify::{Classify, DefaultClassify};
 use crate::error::BuildError;
 
 /// How the balancer chooses an endpoint for each request.
@@ -36,7 +38,8 @@ pub enum Picker {
 /// | [`failure_penalty`](BalanceConfigBuilder::failure_penalty) | 5 s | Linkerd's failure-penalising estimator |
 /// | [`no_endpoint_timeout`](BalanceConfigBuilder::no_endpoint_timeout) | 3 s | Linkerd's outbound fail-fast |
 /// | [`seed`](BalanceConfigBuilder::seed) | from OS entropy | — |
-#[derive(Clone, Debug)]
+/// | [`classify`](BalanceConfigBuilder::classify) | [`DefaultClassify`] | Envoy's outlier detection |
+#[derive(Clone)]
 pub struct BalanceConfig {
     picker: Picker,
     default_rtt: Duration,
@@ -44,6 +47,20 @@ pub struct BalanceConfig {
     failure_penalty: Duration,
     no_endpoint_timeout: Duration,
     seed: Option<u64>,
+    classify: Arc<dyn Classify>,
+}
+
+impl std::fmt::Debug for BalanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalanceConfig")
+            .field("picker", &self.picker)
+            .field("default_rtt", &self.default_rtt)
+            .field("decay", &self.decay)
+            .field("failure_penalty", &self.failure_penalty)
+            .field("no_endpoint_timeout", &self.no_endpoint_timeout)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for BalanceConfig {
@@ -55,6 +72,7 @@ impl Default for BalanceConfig {
             failure_penalty: Duration::from_secs(5),
             no_endpoint_timeout: Duration::from_secs(3),
             seed: None,
+            classify: Arc::new(DefaultClassify),
         }
     }
 }
@@ -95,6 +113,11 @@ impl BalanceConfig {
     /// The random seed, if fixed.
     pub fn seed(&self) -> Option<u64> {
         self.seed
+    }
+
+    /// What counts as a failure.
+    pub fn classify(&self) -> &Arc<dyn Classify> {
+        &self.classify
     }
 }
 
@@ -141,6 +164,12 @@ impl BalanceConfigBuilder {
     /// Fixes the random seed so that picks are reproducible (tests, simulations).
     pub fn seed(mut self, seed: u64) -> Self {
         self.config.seed = Some(seed);
+        self
+    }
+
+    /// Sets what counts as a failure (default [`DefaultClassify`]).
+    pub fn classify(mut self, classify: impl Classify) -> Self {
+        self.config.classify = Arc::new(classify);
         self
     }
 

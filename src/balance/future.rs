@@ -12,9 +12,10 @@ use tower::util::{Oneshot, ServiceExt};
 use tower_service::Service;
 
 use super::ServedBy;
-use super::body::{ResponseBody, Tracker, grpc_failed};
+use super::body::{ResponseBody, Tracker};
 use super::shared::{Picked, Shared};
 use crate::BoxError;
+use crate::classify::{LocalOrigin, Outcome};
 use crate::error::{EndpointError, NoEndpoint};
 
 type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoEndpoint>> + Send>>;
@@ -114,7 +115,7 @@ where
 {
     fn calling(picked: Picked<S>, request: Request<B>, deadline: Option<Instant>) -> Self {
         State::Calling {
-            tracker: Some(Tracker::start(picked.load)),
+            tracker: Some(Tracker::start(picked.load, picked.classify)),
             call: picked.service.oneshot(request),
             addr: picked.addr,
             timeout: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
@@ -189,7 +190,7 @@ where
                             let Some(mut tracker) = tracker.take() else {
                                 return Poll::Ready(Err(polled_after_completion()));
                             };
-                            tracker.failure();
+                            tracker.complete(Outcome::LocalOrigin(LocalOrigin::Timeout));
                             let error = EndpointError::timeout(*addr, tracker.elapsed());
                             tracing::debug!(%error, "attempt timed out");
                             return Poll::Ready(Err(error.into()));
@@ -200,11 +201,7 @@ where
                     };
                     return Poll::Ready(match result {
                         Ok(response) => {
-                            if response.status().is_server_error()
-                                || grpc_failed(response.headers())
-                            {
-                                tracker.failure();
-                            }
+                            tracker.response(response.status(), response.headers());
                             let (mut parts, body) = response.into_parts();
                             parts.extensions.insert(ServedBy(*addr));
                             Ok(Response::from_parts(
@@ -213,8 +210,8 @@ where
                             ))
                         }
                         Err(error) => {
-                            tracker.failure();
                             let error = EndpointError::new(*addr, error.into());
+                            tracker.error(&error);
                             tracing::debug!(%error, "endpoint failed");
                             Err(error.into())
                         }

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
-use super::table::{Slot, Table};
+use super::table::Table;
 use super::{BalanceConfig, pick};
+use crate::classify::Classify;
 use crate::load::EndpointLoad;
 use crate::rng::Rng;
 
@@ -62,7 +63,12 @@ impl<S> Shared<S> {
             &self.round_robin,
             avoid,
         )?;
-        Some(Picked::from(&**slot))
+        Some(Picked {
+            addr: slot.endpoint.addr(),
+            service: slot.service.clone(),
+            load: Arc::clone(&slot.load),
+            classify: Arc::clone(self.config.classify()),
+        })
     }
 }
 
@@ -71,16 +77,7 @@ pub(crate) struct Picked<S> {
     pub(crate) addr: SocketAddr,
     pub(crate) service: S,
     pub(crate) load: Arc<EndpointLoad>,
-}
-
-impl<S: Clone> From<&Slot<S>> for Picked<S> {
-    fn from(slot: &Slot<S>) -> Self {
-        Self {
-            addr: slot.endpoint.addr(),
-            service: slot.service.clone(),
-            load: Arc::clone(&slot.load),
-        }
-    }
+    pub(crate) classify: Arc<dyn Classify>,
 }
 
 /// Counters and the last error of the discovery source, shown in snapshots.
