@@ -26,17 +26,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub struct NoEndpoint {
     waited: Duration,
     known: usize,
+    unhealthy: usize,
     #[cfg(feature = "tonic")]
     status: tonic::Status,
 }
 
 impl NoEndpoint {
-    pub(crate) fn new(waited: Duration, known: usize) -> Self {
+    pub(crate) fn new(waited: Duration, known: usize, unhealthy: usize) -> Self {
         Self {
             waited,
             known,
+            unhealthy,
             #[cfg(feature = "tonic")]
-            status: tonic::Status::unavailable(no_endpoint_message(waited, known)),
+            status: tonic::Status::unavailable(no_endpoint_message(waited, known, unhealthy)),
         }
     }
 
@@ -49,21 +51,97 @@ impl NoEndpoint {
     pub fn known_endpoints(&self) -> usize {
         self.known
     }
+
+    /// Of those, how many were unhealthy (ejected, or with a breaker not closed).
+    pub fn unhealthy_endpoints(&self) -> usize {
+        self.unhealthy
+    }
 }
 
 impl fmt::Display for NoEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&no_endpoint_message(self.waited, self.known))
+        f.write_str(&no_endpoint_message(
+            self.waited,
+            self.known,
+            self.unhealthy,
+        ))
     }
 }
 
-fn no_endpoint_message(waited: Duration, known: usize) -> String {
+fn no_endpoint_message(waited: Duration, known: usize, unhealthy: usize) -> String {
     if known == 0 {
         format!("no endpoint available: discovery has published none after waiting {waited:?}")
     } else {
         format!(
-            "no endpoint available: none of {known} known endpoints could take the request after waiting {waited:?}"
+            "no endpoint available: none of {known} known endpoints could take the request \
+             ({unhealthy} unhealthy: ejected or circuit open) after waiting {waited:?}"
         )
+    }
+}
+
+/// A concurrency cap was reached: the request was not sent.
+///
+/// Load shedding of our own: retry layers must not retry it (that would only add load).
+/// tonic reports it as `RESOURCE_EXHAUSTED`.
+#[derive(Debug)]
+pub struct Overloaded {
+    limit: u64,
+    per_endpoint: bool,
+    #[cfg(feature = "tonic")]
+    status: tonic::Status,
+}
+
+impl Overloaded {
+    pub(crate) fn service(limit: u64) -> Self {
+        Self::new(limit, false)
+    }
+
+    pub(crate) fn endpoints(limit: u64) -> Self {
+        Self::new(limit, true)
+    }
+
+    fn new(limit: u64, per_endpoint: bool) -> Self {
+        Self {
+            limit,
+            per_endpoint,
+            #[cfg(feature = "tonic")]
+            status: tonic::Status::resource_exhausted(overloaded_message(limit, per_endpoint)),
+        }
+    }
+
+    /// The cap that was reached.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whether every endpoint was at its own cap (rather than the service at its cap).
+    pub fn per_endpoint(&self) -> bool {
+        self.per_endpoint
+    }
+}
+
+fn overloaded_message(limit: u64, per_endpoint: bool) -> String {
+    if per_endpoint {
+        format!(
+            "overloaded: every endpoint has {limit} requests in flight (max_requests_per_endpoint)"
+        )
+    } else {
+        format!("overloaded: the service has {limit} requests in flight (max_requests)")
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&overloaded_message(self.limit, self.per_endpoint))
+    }
+}
+
+impl std::error::Error for Overloaded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        #[cfg(feature = "tonic")]
+        return Some(&self.status);
+        #[cfg(not(feature = "tonic"))]
+        None
     }
 }
 

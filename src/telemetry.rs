@@ -24,6 +24,12 @@ pub struct Snapshot {
     pub table_age: Duration,
     /// The state of the discovery source.
     pub discovery: DiscoverySnapshot,
+    /// Requests in flight across all endpoints (bounded by `max_requests`).
+    pub in_flight: u64,
+    /// Requests refused by a concurrency cap ([`Overloaded`](crate::error::Overloaded)).
+    pub overloaded: u64,
+    /// Picks made in panic mode, ignoring endpoint health.
+    pub panic_picks: u64,
     /// The retry counters, when a retry layer is part of the stack (as in
     /// [`Client`](crate::Client)).
     pub retry: Option<RetrySnapshot>,

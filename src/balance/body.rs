@@ -8,7 +8,9 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::classify::{Classify, LocalOrigin, Outcome};
+use super::shared::Accounting;
+use crate::classify::{LocalOrigin, Outcome};
+use crate::error::Overloaded;
 use crate::load::EndpointLoad;
 
 /// One request's accounting on its endpoint: holds its place in the in-flight count until
@@ -16,7 +18,7 @@ use crate::load::EndpointLoad;
 /// request's [`Outcome`] once, as soon as it is known.
 pub(crate) struct Tracker {
     load: Arc<EndpointLoad>,
-    classify: Arc<dyn Classify>,
+    context: Arc<Accounting>,
     start: Instant,
     sampled: bool,
     outcome: Option<Outcome>,
@@ -32,15 +34,21 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn start(load: Arc<EndpointLoad>, classify: Arc<dyn Classify>) -> Self {
+    /// Dispatches a request: takes a slot under the service's `max_requests` (or fails) and
+    /// counts it in flight on its endpoint.
+    pub(crate) fn start(
+        load: Arc<EndpointLoad>,
+        context: Arc<Accounting>,
+    ) -> Result<Self, Overloaded> {
+        context.try_acquire()?;
         load.start();
-        Self {
+        Ok(Self {
             load,
-            classify,
+            context,
             start: Instant::now(),
             sampled: false,
             outcome: None,
-        }
+        })
     }
 
     /// Time since dispatch.
@@ -73,14 +81,14 @@ impl Tracker {
 
     /// Classifies response headers, completing the request unless the trailers will decide.
     pub(crate) fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
-        if let Some(outcome) = self.classify.classify_response(status, headers) {
+        if let Some(outcome) = self.context.classify.classify_response(status, headers) {
             self.complete(outcome);
         }
     }
 
     /// Classifies an error from the endpoint's client.
     pub(crate) fn error(&mut self, error: &(dyn std::error::Error + 'static)) {
-        let outcome = self.classify.classify_error(error);
+        let outcome = self.context.classify.classify_error(error);
         self.complete(outcome);
     }
 
@@ -88,7 +96,7 @@ impl Tracker {
     fn end(&mut self, trailers: Option<&HeaderMap>) {
         self.first_frame();
         if self.outcome.is_none() {
-            let outcome = self.classify.classify_end(trailers);
+            let outcome = self.context.classify.classify_end(trailers);
             self.complete(outcome);
         }
     }
@@ -97,6 +105,7 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         self.load.finish();
+        self.context.release();
     }
 }
 

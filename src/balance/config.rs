@@ -39,8 +39,14 @@ pub enum Picker {
 /// | [`no_endpoint_timeout`](BalanceConfigBuilder::no_endpoint_timeout) | 3 s | Linkerd's outbound fail-fast |
 /// | [`seed`](BalanceConfigBuilder::seed) | from OS entropy | — |
 /// | [`classify`](BalanceConfigBuilder::classify) | [`DefaultClassify`] | Envoy's outlier detection |
+/// | [`max_requests`](BalanceConfigBuilder::max_requests) | 1024 in flight for the service | Envoy's `max_requests` |
+/// | [`max_requests_per_endpoint`](BalanceConfigBuilder::max_requests_per_endpoint) | unlimited | — |
+/// | [`panic_threshold`](BalanceConfigBuilder::panic_threshold) | 50 % | Envoy's `healthy_panic_threshold` |
 #[derive(Clone)]
 pub struct BalanceConfig {
+    max_requests: u64,
+    max_requests_per_endpoint: Option<u64>,
+    panic_threshold: u8,
     picker: Picker,
     default_rtt: Duration,
     decay: Duration,
@@ -59,6 +65,9 @@ impl std::fmt::Debug for BalanceConfig {
             .field("failure_penalty", &self.failure_penalty)
             .field("no_endpoint_timeout", &self.no_endpoint_timeout)
             .field("seed", &self.seed)
+            .field("max_requests", &self.max_requests)
+            .field("max_requests_per_endpoint", &self.max_requests_per_endpoint)
+            .field("panic_threshold", &self.panic_threshold)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +82,9 @@ impl Default for BalanceConfig {
             no_endpoint_timeout: Duration::from_secs(3),
             seed: None,
             classify: Arc::new(DefaultClassify),
+            max_requests: 1024,
+            max_requests_per_endpoint: None,
+            panic_threshold: 50,
         }
     }
 }
@@ -118,6 +130,21 @@ impl BalanceConfig {
     /// What counts as a failure.
     pub fn classify(&self) -> &Arc<dyn Classify> {
         &self.classify
+    }
+
+    /// The most requests in flight for the whole service.
+    pub fn max_requests(&self) -> u64 {
+        self.max_requests
+    }
+
+    /// The most requests in flight to one endpoint, if capped.
+    pub fn max_requests_per_endpoint(&self) -> Option<u64> {
+        self.max_requests_per_endpoint
+    }
+
+    /// Below this percentage of healthy endpoints, health is ignored (0: never).
+    pub fn panic_threshold(&self) -> u8 {
+        self.panic_threshold
     }
 }
 
@@ -167,6 +194,31 @@ impl BalanceConfigBuilder {
         self
     }
 
+    /// Sets the most requests in flight for the whole service (default 1024, Envoy's
+    /// `max_requests`; 1 to 1,000,000). A request over it fails at once with
+    /// [`Overloaded`](crate::error::Overloaded), which retry layers do not retry.
+    pub fn max_requests(mut self, max: u64) -> Self {
+        self.config.max_requests = max;
+        self
+    }
+
+    /// Caps the requests in flight to each endpoint (default unlimited; 1 to 1,000,000). An
+    /// endpoint at its cap is not picked; when every endpoint is, the request fails at once with
+    /// [`Overloaded`](crate::error::Overloaded). Racing callers may exceed it by one each.
+    pub fn max_requests_per_endpoint(mut self, max: u64) -> Self {
+        self.config.max_requests_per_endpoint = Some(max);
+        self
+    }
+
+    /// Sets the panic threshold (default 50 %, Envoy's): when fewer than this percentage of the
+    /// endpoints are healthy, traffic is spread over all of them, unhealthy ones included, rather
+    /// than concentrated on the few left. 0 turns panic mode off: with no healthy endpoint, a
+    /// request waits `no_endpoint_timeout` and fails with [`NoEndpoint`](crate::error::NoEndpoint).
+    pub fn panic_threshold(mut self, percent: u8) -> Self {
+        self.config.panic_threshold = percent;
+        self
+    }
+
     /// Sets what counts as a failure (default [`DefaultClassify`]).
     pub fn classify(mut self, classify: impl Classify) -> Self {
         self.config.classify = Arc::new(classify);
@@ -180,6 +232,25 @@ impl BalanceConfigBuilder {
         check_range("decay", c.decay, Duration::from_millis(1))?;
         check_range("failure_penalty", c.failure_penalty, Duration::ZERO)?;
         check_range("no_endpoint_timeout", c.no_endpoint_timeout, Duration::ZERO)?;
+        if !(1..=1_000_000).contains(&c.max_requests) {
+            return Err(BuildError::InvalidConfig(format!(
+                "max_requests is {}; it must be between 1 and 1000000",
+                c.max_requests
+            )));
+        }
+        if let Some(max) = c.max_requests_per_endpoint
+            && !(1..=1_000_000).contains(&max)
+        {
+            return Err(BuildError::InvalidConfig(format!(
+                "max_requests_per_endpoint is {max}; it must be between 1 and 1000000"
+            )));
+        }
+        if c.panic_threshold > 100 {
+            return Err(BuildError::InvalidConfig(format!(
+                "panic_threshold is {}; it must be a percentage, 0 to 100",
+                c.panic_threshold
+            )));
+        }
         Ok(self.config)
     }
 }

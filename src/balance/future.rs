@@ -13,12 +13,14 @@ use tower_service::Service;
 
 use super::ServedBy;
 use super::body::{ResponseBody, Tracker};
+use super::pick::NoPick;
 use super::shared::{Picked, Shared};
 use crate::BoxError;
 use crate::classify::{LocalOrigin, Outcome};
-use crate::error::{EndpointError, NoEndpoint};
+use crate::error::EndpointError;
+use std::sync::atomic::Ordering;
 
-type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoEndpoint>> + Send>>;
+type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, BoxError>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The future returned by [`Balance`](super::Balance).
@@ -114,35 +116,49 @@ where
     S: Service<Request<B>>,
 {
     fn calling(picked: Picked<S>, request: Request<B>, deadline: Option<Instant>) -> Self {
-        State::Calling {
-            tracker: Some(Tracker::start(picked.load, picked.classify)),
-            call: picked.service.oneshot(request),
-            addr: picked.addr,
-            timeout: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        match Tracker::start(picked.load, picked.context) {
+            Ok(tracker) => State::Calling {
+                tracker: Some(tracker),
+                call: picked.service.oneshot(request),
+                addr: picked.addr,
+                timeout: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            },
+            Err(overloaded) => {
+                tracing::debug!(%overloaded, "shedding load");
+                State::Failed {
+                    error: Some(overloaded.into()),
+                }
+            }
         }
     }
 }
 
-/// Waits up to the configured time for discovery to publish an endpoint.
+/// Waits up to the configured time for an endpoint to become available (discovery publishes
+/// one, an ejected one returns, a breaker closes).
 async fn wait_for_endpoint<S: Clone>(
     shared: Arc<Shared<S>>,
     avoid: &[SocketAddr],
-) -> Result<Picked<S>, NoEndpoint> {
+) -> Result<Picked<S>, BoxError> {
     let start = Instant::now();
     let deadline = start + shared.config().no_endpoint_timeout();
     loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
-        // Register before looking, so a table published in between is not missed.
+        // Register before looking, so a change published in between is not missed.
         changed.as_mut().enable();
-        if let Some(picked) = shared.pick(avoid) {
-            tracing::debug!(waited = ?start.elapsed(), "an endpoint became available");
-            return Ok(picked);
+        match shared.pick(avoid) {
+            Ok(picked) => {
+                tracing::debug!(waited = ?start.elapsed(), "an endpoint became available");
+                return Ok(picked);
+            }
+            Err(NoPick::AtCapacity) => return Err(shared.overloaded().into()),
+            Err(NoPick::Empty | NoPick::Unhealthy) => {}
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            let error = NoEndpoint::new(start.elapsed(), shared.table.load().len());
+            shared.failing_fast.store(true, Ordering::Relaxed);
+            let error = shared.no_endpoint(start.elapsed());
             tracing::debug!(%error, "failing fast");
-            return Err(error);
+            return Err(error.into());
         }
     }
 }

@@ -80,6 +80,7 @@ use crate::BoxError;
 use crate::discover::{Discover, Endpoint};
 use crate::error::BuildError;
 use crate::telemetry::{DiscoverySnapshot, EndpointSnapshot, Snapshot};
+use pick::NoPick;
 use shared::Shared;
 
 /// Makes the client for one endpoint.
@@ -351,6 +352,9 @@ impl<S> Balance<S> {
                 ended: discovery.ended.load(Ordering::Relaxed),
                 last_error: discovery.last_error.load_full().map(|e| e.as_ref().clone()),
             },
+            in_flight: self.shared.context.in_flight(),
+            overloaded: self.shared.context.overloaded.load(Ordering::Relaxed),
+            panic_picks: self.shared.context.panics.load(Ordering::Relaxed),
             retry: None,
         }
     }
@@ -383,8 +387,15 @@ where
             .map_or(&[][..], TriedEndpoints::as_slice);
         let deadline = extensions.get::<AttemptDeadline>().map(|d| d.0);
         match self.shared.pick(avoid) {
-            Some(picked) => ResponseFuture::calling(picked, request, deadline, span),
-            None => {
+            Ok(picked) => ResponseFuture::calling(picked, request, deadline, span),
+            Err(NoPick::AtCapacity) => {
+                ResponseFuture::failed(self.shared.overloaded().into(), span)
+            }
+            Err(_) if self.shared.failing_fast.load(Ordering::Relaxed) => {
+                let error = self.shared.no_endpoint(std::time::Duration::ZERO);
+                ResponseFuture::failed(error.into(), span)
+            }
+            Err(_) => {
                 let avoid = avoid.to_vec();
                 ResponseFuture::waiting(
                     Arc::clone(&self.shared),

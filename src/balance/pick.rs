@@ -14,32 +14,116 @@ use super::Picker;
 use super::table::{Slot, Table};
 use crate::rng::Rng;
 
-/// Chooses a slot, or `None` only for an empty table.
+/// Why no endpoint could be picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoPick {
+    /// The table is empty.
+    Empty,
+    /// Every endpoint is at its concurrency cap.
+    AtCapacity,
+    /// No endpoint is healthy, and too few are for panic mode to use them all.
+    Unhealthy,
+}
+
+/// What restricts a pick.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Constraints<'a> {
+    /// Endpoints already tried by this request: skipped while any other is allowed.
+    pub(crate) avoid: &'a [SocketAddr],
+    /// The per-endpoint cap on requests in flight.
+    pub(crate) max_per_endpoint: Option<u64>,
+    /// Endpoints currently unhealthy (ejected or breaker not closed), for the fast path and
+    /// panic mode.
+    pub(crate) unhealthy: usize,
+    /// Panic below this percentage of healthy endpoints (0 disables panic mode).
+    pub(crate) panic_threshold: u8,
+    pub(crate) now: Instant,
+}
+
+/// A picked slot, and whether panic mode picked it.
+pub(crate) struct Choice<'t, S> {
+    pub(crate) slot: &'t Arc<Slot<S>>,
+    pub(crate) panic: bool,
+}
+
+/// Chooses a slot under `constraints`.
 ///
-/// Endpoints in `avoid` (those a retry already tried) are skipped while any other is left; when
-/// every endpoint is in `avoid`, it is ignored, since trying one again beats not trying.
+/// 1. With nothing to avoid, no cap and every endpoint healthy: the picker's plain rule.
+/// 2. Otherwise the picker's rule over healthy endpoints under their cap, avoiding the ones
+///    already tried; then without avoiding them (a repeat beats no attempt).
+/// 3. Panic mode (Envoy's): when fewer than `panic_threshold` percent of the endpoints are
+///    healthy, health is ignored and every endpoint under its cap can be picked.
 pub(crate) fn pick<'t, S>(
     picker: Picker,
     table: &'t Table<S>,
     rng: &Rng,
     round_robin: &AtomicUsize,
-    avoid: &[SocketAddr],
-) -> Option<&'t Arc<Slot<S>>> {
+    constraints: Constraints<'_>,
+) -> Result<Choice<'t, S>, NoPick> {
     let slots = &table.slots;
     let n = slots.len();
     if n == 0 {
-        return None;
+        return Err(NoPick::Empty);
     }
-    if !avoid.is_empty() {
-        let allowed = |i: usize| !avoid.contains(&slots[i].endpoint.addr());
-        if let Some(index) = pick_allowed(picker, table, rng, round_robin, allowed) {
-            return Some(&slots[index]);
+    let found = |slot| Ok(Choice { slot, panic: false });
+    let Constraints {
+        avoid,
+        max_per_endpoint,
+        unhealthy,
+        panic_threshold,
+        now,
+    } = constraints;
+    if avoid.is_empty() && max_per_endpoint.is_none() && unhealthy == 0 {
+        return found(plain(picker, table, rng, round_robin));
+    }
+    let under_cap = |i: usize| max_per_endpoint.is_none_or(|max| slots[i].load.in_flight() < max);
+    let healthy = |i: usize| slots[i].is_healthy(now);
+    let fresh = |i: usize| !avoid.contains(&slots[i].endpoint.addr());
+    if !avoid.is_empty()
+        && let Some(i) = pick_allowed(picker, table, rng, round_robin, |i| {
+            fresh(i) && under_cap(i) && healthy(i)
+        })
+    {
+        return found(&slots[i]);
+    }
+    if let Some(i) = pick_allowed(picker, table, rng, round_robin, |i| {
+        under_cap(i) && healthy(i)
+    }) {
+        return found(&slots[i]);
+    }
+    let healthy_percent = 100 * (n - unhealthy.min(n)) / n;
+    if panic_threshold > 0 && healthy_percent < usize::from(panic_threshold) {
+        let any = pick_allowed(picker, table, rng, round_robin, |i| {
+            fresh(i) && under_cap(i)
+        })
+        .or_else(|| pick_allowed(picker, table, rng, round_robin, under_cap));
+        if let Some(i) = any {
+            return Ok(Choice {
+                slot: &slots[i],
+                panic: true,
+            });
         }
     }
-    if n == 1 {
-        return slots.first();
+    if (0..n).all(|i| !under_cap(i)) {
+        Err(NoPick::AtCapacity)
+    } else {
+        Err(NoPick::Unhealthy)
     }
-    Some(match picker {
+}
+
+/// The picker's rule over every slot of a non-empty table.
+fn plain<'t, S>(
+    picker: Picker,
+    table: &'t Table<S>,
+    rng: &Rng,
+    round_robin: &AtomicUsize,
+) -> &'t Arc<Slot<S>> {
+    let slots = &table.slots;
+    let n = slots.len();
+    if n == 1 {
+        return &slots[0];
+    }
+    match picker {
         Picker::P2cPeakEwma => {
             let now = Instant::now();
             p2c(slots, rng, |slot| {
@@ -52,7 +136,7 @@ pub(crate) fn pick<'t, S>(
         Picker::RoundRobin => &slots[round_robin.fetch_add(1, Ordering::Relaxed) % n],
         Picker::Random => &slots[rng.below(n)],
         Picker::Weighted => &slots[weighted_index(table, rng)],
-    })
+    }
 }
 
 /// The picker's rule restricted to slots where `allowed` holds; `None` if it holds nowhere.
@@ -154,7 +238,9 @@ mod tests {
         let rr = AtomicUsize::new(0);
         let mut counts = HashMap::new();
         for _ in 0..draws {
-            let slot = pick(picker, table, &rng, &rr, &[]).unwrap();
+            let slot = pick(picker, table, &rng, &rr, constraints(&[]))
+                .unwrap()
+                .slot;
             *counts.entry(slot.endpoint.addr()).or_default() += 1;
         }
         counts
@@ -162,6 +248,43 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         ([127, 0, 0, 1], port).into()
+    }
+
+    fn constraints(avoid: &[SocketAddr]) -> Constraints<'_> {
+        Constraints {
+            avoid,
+            max_per_endpoint: None,
+            unhealthy: 0,
+            panic_threshold: 50,
+            now: Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_at_their_cap_are_skipped_until_all_are() {
+        let t = table(&[1, 1, 1]);
+        let rng = Rng::seeded(3);
+        let rr = AtomicUsize::new(0);
+        let capped = |avoid| Constraints {
+            max_per_endpoint: Some(2),
+            ..constraints(avoid)
+        };
+        t.slots[0].load.start();
+        t.slots[0].load.start();
+        for picker in [Picker::P2cPeakEwma, Picker::RoundRobin, Picker::Random] {
+            for _ in 0..300 {
+                let slot = pick(picker, &t, &rng, &rr, capped(&[])).unwrap().slot;
+                assert_ne!(slot.endpoint.addr(), addr(1), "{picker:?}");
+            }
+        }
+        for slot in &t.slots[1..] {
+            slot.load.start();
+            slot.load.start();
+        }
+        assert_eq!(
+            pick(Picker::P2cPeakEwma, &t, &rng, &rr, capped(&[])).err(),
+            Some(NoPick::AtCapacity)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -178,7 +301,9 @@ mod tests {
         ] {
             let mut seen = std::collections::HashSet::new();
             for _ in 0..1_000 {
-                let slot = pick(picker, &t, &rng, &rr, &[addr(1), addr(3)]).unwrap();
+                let slot = pick(picker, &t, &rng, &rr, constraints(&[addr(1), addr(3)]))
+                    .unwrap()
+                    .slot;
                 seen.insert(slot.endpoint.addr());
             }
             let mut seen: Vec<_> = seen.into_iter().collect();
@@ -186,7 +311,10 @@ mod tests {
             assert_eq!(seen, [addr(2), addr(4)], "{picker:?}");
             // Every endpoint avoided: avoidance is dropped rather than failing the pick.
             let all = [addr(1), addr(2), addr(3), addr(4)];
-            assert!(pick(picker, &t, &rng, &rr, &all).is_some(), "{picker:?}");
+            assert!(
+                pick(picker, &t, &rng, &rr, constraints(&all)).is_ok(),
+                "{picker:?}"
+            );
         }
     }
 
@@ -200,7 +328,15 @@ mod tests {
         let rng = Rng::seeded(5);
         let rr = AtomicUsize::new(0);
         for _ in 0..1_000 {
-            let slot = pick(Picker::P2cLeastRequest, &t, &rng, &rr, &[addr(1)]).unwrap();
+            let slot = pick(
+                Picker::P2cLeastRequest,
+                &t,
+                &rng,
+                &rr,
+                constraints(&[addr(1)]),
+            )
+            .unwrap()
+            .slot;
             assert_eq!(slot.endpoint.addr(), addr(3));
         }
     }

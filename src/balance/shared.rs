@@ -7,20 +7,59 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
+use super::BalanceConfig;
+use super::pick::{self, Constraints, NoPick};
 use super::table::Table;
-use super::{BalanceConfig, pick};
 use crate::classify::Classify;
+use crate::error::{NoEndpoint, Overloaded};
 use crate::load::EndpointLoad;
 use crate::rng::Rng;
 
 pub(crate) struct Shared<S> {
     pub(crate) table: ArcSwap<Table<S>>,
-    /// Woken whenever a new table is published, for requests waiting for an endpoint.
+    /// Woken whenever a new table is published or an endpoint's health changes, for requests
+    /// waiting for an endpoint.
     pub(crate) changed: Notify,
     pub(crate) discovery: DiscoveryStatus,
+    pub(crate) context: Arc<Accounting>,
+    /// Endpoints of the current table that are ejected or whose breaker is not closed.
+    pub(crate) unhealthy: AtomicUsize,
+    /// Set when a request waited the full `no_endpoint_timeout` in vain; later requests then
+    /// fail at once instead of waiting too, until an endpoint becomes available (Linkerd's
+    /// fail-fast state).
+    pub(crate) failing_fast: AtomicBool,
     config: BalanceConfig,
     rng: Rng,
     round_robin: AtomicUsize,
+}
+
+/// What in-flight requests share with their balancer, whatever its endpoint client type.
+pub(crate) struct Accounting {
+    pub(crate) classify: Arc<dyn Classify>,
+    in_flight: AtomicU64,
+    max_requests: u64,
+    pub(crate) overloaded: AtomicU64,
+    pub(crate) panics: AtomicU64,
+}
+
+impl Accounting {
+    /// Takes one of the service's `max_requests` slots, or says how many there are.
+    pub(crate) fn try_acquire(&self) -> Result<(), Overloaded> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_requests {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(Overloaded::service(self.max_requests));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
 }
 
 impl<S> Shared<S> {
@@ -33,6 +72,15 @@ impl<S> Shared<S> {
             table: ArcSwap::from_pointee(Table::empty()),
             changed: Notify::new(),
             discovery: DiscoveryStatus::default(),
+            context: Arc::new(Accounting {
+                classify: Arc::clone(config.classify()),
+                in_flight: AtomicU64::new(0),
+                max_requests: config.max_requests(),
+                overloaded: AtomicU64::new(0),
+                panics: AtomicU64::new(0),
+            }),
+            unhealthy: AtomicUsize::new(0),
+            failing_fast: AtomicBool::new(false),
             config,
             rng,
             round_robin: AtomicUsize::new(0),
@@ -47,28 +95,62 @@ impl<S> Shared<S> {
         self.table.store(Arc::new(table));
         self.discovery.last_error.store(None);
         self.discovery.updates.fetch_add(1, Ordering::Relaxed);
+        self.health_changed();
+    }
+
+    /// Recounts unhealthy endpoints and wakes waiting requests; called on every table publish
+    /// and health transition, never per request.
+    pub(crate) fn health_changed(&self) {
+        let table = self.table.load();
+        let now = tokio::time::Instant::now();
+        let unhealthy = table.slots.iter().filter(|s| !s.is_healthy(now)).count();
+        self.unhealthy.store(unhealthy, Ordering::Relaxed);
+        self.failing_fast.store(false, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
-    /// Picks an endpoint from the current table, or `None` when there is none.
-    pub(crate) fn pick(&self, avoid: &[SocketAddr]) -> Option<Picked<S>>
+    /// Picks an endpoint from the current table.
+    pub(crate) fn pick(&self, avoid: &[SocketAddr]) -> Result<Picked<S>, NoPick>
     where
         S: Clone,
     {
         let table = self.table.load();
-        let slot = pick::pick(
+        let constraints = Constraints {
+            avoid,
+            max_per_endpoint: self.config.max_requests_per_endpoint(),
+            unhealthy: self.unhealthy.load(Ordering::Relaxed),
+            panic_threshold: self.config.panic_threshold(),
+            now: tokio::time::Instant::now(),
+        };
+        let choice = pick::pick(
             self.config.picker(),
             &table,
             &self.rng,
             &self.round_robin,
-            avoid,
+            constraints,
         )?;
-        Some(Picked {
+        if choice.panic {
+            self.context.panics.fetch_add(1, Ordering::Relaxed);
+        }
+        let slot = choice.slot;
+        Ok(Picked {
             addr: slot.endpoint.addr(),
             service: slot.service.clone(),
             load: Arc::clone(&slot.load),
-            classify: Arc::clone(self.config.classify()),
+            context: Arc::clone(&self.context),
         })
+    }
+
+    /// The error for a request that found every endpoint at its cap.
+    pub(crate) fn overloaded(&self) -> Overloaded {
+        self.context.overloaded.fetch_add(1, Ordering::Relaxed);
+        Overloaded::endpoints(self.config.max_requests_per_endpoint().unwrap_or(u64::MAX))
+    }
+
+    /// The error for a request that found no endpoint, after waiting `waited`.
+    pub(crate) fn no_endpoint(&self, waited: std::time::Duration) -> NoEndpoint {
+        let table = self.table.load();
+        NoEndpoint::new(waited, table.len(), self.unhealthy.load(Ordering::Relaxed))
     }
 }
 
@@ -77,7 +159,7 @@ pub(crate) struct Picked<S> {
     pub(crate) addr: SocketAddr,
     pub(crate) service: S,
     pub(crate) load: Arc<EndpointLoad>,
-    pub(crate) classify: Arc<dyn Classify>,
+    pub(crate) context: Arc<Accounting>,
 }
 
 /// Counters and the last error of the discovery source, shown in snapshots.

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use super::backoff::Backoff;
 use super::budget::{GrpcThrottle, RetryBudget, TpsBudget, Unlimited};
 use crate::BoxError;
-use crate::error::{BuildError, EndpointError, EndpointErrorKind, NoEndpoint};
+use crate::error::{BuildError, EndpointError, EndpointErrorKind, NoEndpoint, Overloaded};
 
 /// gRPC's UNAVAILABLE status code.
 const GRPC_UNAVAILABLE: u16 = 14;
@@ -40,7 +40,7 @@ const GRPC_UNAVAILABLE: u16 = 14;
 /// - **other errors** (reset, per-try timeout), for a method in `methods`.
 ///
 /// Never retried: [`NoEndpoint`] (the balancer already waited; waiting again only adds load),
-/// 4xx statuses unless listed, and any error of a type that says so.
+/// [`Overloaded`] (load shedding: a retry would only add load), and 4xx statuses unless listed.
 #[derive(Clone)]
 pub struct RetryPolicy {
     pub(crate) max_attempts: u32,
@@ -369,7 +369,7 @@ impl RetryPolicy {
     }
 
     pub(crate) fn judge_error(&self, error: &BoxError, method_retryable: bool) -> Verdict {
-        if error.is::<NoEndpoint>() {
+        if error.is::<NoEndpoint>() || error.is::<Overloaded>() {
             return Verdict::Final;
         }
         if never_sent(error) || method_retryable {
@@ -545,8 +545,10 @@ mod tests {
     #[test]
     fn no_endpoint_is_never_retried_and_connect_errors_always_are() {
         let policy = RetryPolicy::default();
-        let no_endpoint: BoxError = Box::new(NoEndpoint::new(Duration::from_secs(3), 0));
+        let no_endpoint: BoxError = Box::new(NoEndpoint::new(Duration::from_secs(3), 0, 0));
         assert_eq!(policy.judge_error(&no_endpoint, true), Verdict::Final);
+        let overloaded: BoxError = Box::new(Overloaded::service(1024));
+        assert_eq!(policy.judge_error(&overloaded, true), Verdict::Final);
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let connect: BoxError = Box::new(EndpointError::new(
             "127.0.0.1:1".parse().unwrap(),
