@@ -106,6 +106,9 @@ pub struct RetrySnapshot {
     pub not_replayable: u64,
     /// Retries the server refused (negative or malformed gRPC pushback, `Retry-After` too long).
     pub refused_by_server: u64,
+    /// Requests ended by their overall deadline: cut short ([`DeadlineExceeded`](crate::error::DeadlineExceeded)),
+    /// or not retried because the backoff would have passed it.
+    pub deadline_reached: u64,
     /// Retries the budget would allow now (tokens, for gRPC throttling).
     pub budget_available: f64,
 }

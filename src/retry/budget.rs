@@ -12,8 +12,8 @@
 //!
 //! Both are lock-free (atomics only) and exact in integer arithmetic: tower's `TpsBudget` rounds
 //! the withdrawal cost down to an integer, so 30 % acts as 33 % and 60 % as 100 % (tower#857);
-//! here a retry costs a million units and a request deposits `ratio × 1,000,000`, exact to a
-//! millionth.
+//! here, as in Finagle, a retry costs 1000 units and a request deposits `ratio × 1000`, exact to
+//! a tenth of a percent.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -59,14 +59,16 @@ impl RetryBudget for Unlimited {
     }
 }
 
-/// The cost of one retry, in budget units.
-const RETRY_COST: i64 = 1_000_000;
+/// The cost of one retry, in budget units (Finagle's scale).
+const RETRY_COST: i64 = 1_000;
 const SLOTS: usize = 10;
-/// Slot words: the low 48 bits hold a signed amount, the high 16 bits the slot's generation.
-const VALUE_BITS: u32 = 48;
+/// Slot words: the low 32 bits hold a signed amount (saturating), the high 32 bits the slot's
+/// generation, which wraps only after 2^32 slots (136 years of 1 s slots).
+const VALUE_BITS: u32 = 32;
 const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
-const VALUE_MAX: i64 = (1 << (VALUE_BITS - 1)) - 1;
-const VALUE_MIN: i64 = -(1 << (VALUE_BITS - 1));
+const VALUE_MIN: i64 = i32::MIN as i64;
+const VALUE_MAX: i64 = i32::MAX as i64;
+const TAG_MASK: u64 = u32::MAX as u64;
 
 /// Finagle's retry budget, as Linkerd uses it: deposits per request, withdrawals per retry.
 ///
@@ -163,7 +165,7 @@ impl TpsBudget {
     fn add(&self, amount: i64) {
         let generation = self.generation();
         let slot = &self.slots[(generation % SLOTS as u64) as usize];
-        let tag = generation & 0xffff;
+        let tag = generation & TAG_MASK;
         let mut current = slot.load(Ordering::Relaxed);
         loop {
             let base = if current >> VALUE_BITS == tag {
@@ -190,7 +192,7 @@ impl TpsBudget {
                 continue;
             };
             let word = slot.load(Ordering::Relaxed);
-            if word >> VALUE_BITS == expected & 0xffff {
+            if word >> VALUE_BITS == expected & TAG_MASK {
                 sum = sum.saturating_add(unpack_value(word));
             }
         }

@@ -160,6 +160,7 @@ struct Stats {
     exhausted: AtomicU64,
     not_replayable: AtomicU64,
     refused_by_server: AtomicU64,
+    deadline_reached: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -176,6 +177,7 @@ impl Shared {
             exhausted: s.exhausted.load(Ordering::Relaxed),
             not_replayable: s.not_replayable.load(Ordering::Relaxed),
             refused_by_server: s.refused_by_server.load(Ordering::Relaxed),
+            deadline_reached: s.deadline_reached.load(Ordering::Relaxed),
             budget_available: self.policy.budget.available(),
         }
     }
@@ -275,20 +277,25 @@ where
     let mut request = Request::from_parts(parts, body);
     let mut tried = TriedEndpoints::new();
     let mut attempt = 1u32;
+    // gRFC A6: a server pushback restarts the backoff's exponent.
+    let mut retries_since_pushback = 0u32;
 
     loop {
         if let Some(per_try) = policy.per_try_timeout {
-            let mut at = Instant::now() + per_try;
-            if let Some(deadline) = deadline {
-                at = at.min(deadline);
-            }
-            request.extensions_mut().insert(AttemptDeadline(at));
+            // Not clamped to the overall deadline: when both fall due, the deadline must win
+            // and say so, rather than the attempt's timeout.
+            request
+                .extensions_mut()
+                .insert(AttemptDeadline(Instant::now() + per_try));
         }
         let sent = inner.clone().oneshot(request);
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
                 Ok(result) => result,
-                Err(_) => return Err(deadline_exceeded(policy, attempt, &tried)),
+                Err(_) => {
+                    bump(&stats.deadline_reached);
+                    return Err(deadline_exceeded(policy, attempt, &tried));
+                }
             },
             None => sent.await,
         };
@@ -311,7 +318,7 @@ where
         }
         let after = match verdict {
             Verdict::Final => {
-                if result.is_ok() {
+                if result.as_ref().is_ok_and(policy::succeeded) {
                     policy.budget.on_success();
                 }
                 tracing::Span::current().record("attempts", attempt);
@@ -346,20 +353,30 @@ where
             );
             return give_up(result, attempt);
         };
-        if !policy.budget.try_retry() {
-            bump(&stats.budget_denied);
-            tracing::debug!(attempt, ?endpoint, "not retried: retry budget exhausted");
-            return give_up(result, attempt);
-        }
-        let delay = after.unwrap_or_else(|| policy.backoff.delay(attempt, &shared.rng));
+        let delay = match after {
+            Some(delay) => {
+                retries_since_pushback = 0;
+                delay
+            }
+            None => {
+                retries_since_pushback += 1;
+                policy.backoff.delay(retries_since_pushback, &shared.rng)
+            }
+        };
         if let Some(deadline) = deadline
             && Instant::now() + delay >= deadline
         {
+            bump(&stats.deadline_reached);
             tracing::debug!(
                 attempt,
                 ?delay,
                 "not retried: the backoff would pass the deadline"
             );
+            return give_up(result, attempt);
+        }
+        if !policy.budget.try_retry() {
+            bump(&stats.budget_denied);
+            tracing::debug!(attempt, ?endpoint, "not retried: retry budget exhausted");
             return give_up(result, attempt);
         }
         tracing::debug!(attempt, ?endpoint, ?delay, "retrying");

@@ -380,6 +380,14 @@ impl RetryPolicy {
     }
 }
 
+/// Whether a final response is a success for gRPC retry throttling (gRFC A6 refills tokens on
+/// successful calls only): below 500, and for gRPC, OK or no status yet in the headers (the
+/// normal case, with the status in the trailers).
+pub(crate) fn succeeded<B>(response: &Response<B>) -> bool {
+    !response.status().is_server_error()
+        && crate::classify::grpc_status(response.headers()).is_none_or(|code| code == 0)
+}
+
 /// Whether the error says the request never reached the server.
 pub(crate) fn never_sent(error: &BoxError) -> bool {
     if let Some(endpoint) = error.downcast_ref::<EndpointError>() {
