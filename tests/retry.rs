@@ -946,6 +946,11 @@ async fn a_per_try_timeout_moves_the_request_to_another_endpoint() {
     let fast = balance.endpoint(addr(2)).unwrap();
     assert_eq!((fast.requests, fast.failures), (1, 0));
 
+    // A retry takes no round-robin turn, so the next turn is :2's; take it so that the POST
+    // gets :1.
+    let response = send(&svc, get(3)).await.unwrap();
+    assert_eq!(served_by(&response), addr(2));
+
     // A POST that times out is not retried: the error names the endpoint.
     let start = Instant::now();
     let error = send(&svc, request(Method::POST, 2, "x")).await.unwrap_err();
@@ -959,7 +964,7 @@ async fn a_per_try_timeout_moves_the_request_to_another_endpoint() {
     assert_eq!(backend.attempts_of(2).len(), 1);
 
     let snapshot = svc.snapshot();
-    assert_eq!((snapshot.requests, snapshot.retries), (2, 1));
+    assert_eq!((snapshot.requests, snapshot.retries), (3, 1));
     assert_eq!(
         svc.get_ref().snapshot().endpoint(addr(1)).unwrap().failures,
         2

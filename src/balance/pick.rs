@@ -80,23 +80,24 @@ pub(crate) fn pick<'t, S>(
     let healthy = |i: usize| slots[i].is_healthy(now);
     let fresh = |i: usize| !avoid.contains(&slots[i].endpoint.addr());
     if !avoid.is_empty()
-        && let Some(i) = pick_allowed(picker, table, rng, round_robin, |i| {
+        && let Some(i) = pick_allowed(picker, table, rng, round_robin, true, |i| {
             fresh(i) && under_cap(i) && healthy(i)
         })
     {
         return found(&slots[i]);
     }
-    if let Some(i) = pick_allowed(picker, table, rng, round_robin, |i| {
+    let retry = !avoid.is_empty();
+    if let Some(i) = pick_allowed(picker, table, rng, round_robin, retry, |i| {
         under_cap(i) && healthy(i)
     }) {
         return found(&slots[i]);
     }
     let healthy_percent = 100 * (n - unhealthy.min(n)) / n;
     if panic_threshold > 0 && healthy_percent < usize::from(panic_threshold) {
-        let any = pick_allowed(picker, table, rng, round_robin, |i| {
+        let any = pick_allowed(picker, table, rng, round_robin, retry, |i| {
             fresh(i) && under_cap(i)
         })
-        .or_else(|| pick_allowed(picker, table, rng, round_robin, under_cap));
+        .or_else(|| pick_allowed(picker, table, rng, round_robin, retry, under_cap));
         if let Some(i) = any {
             return Ok(Choice {
                 slot: &slots[i],
@@ -149,6 +150,7 @@ fn pick_allowed<S>(
     table: &Table<S>,
     rng: &Rng,
     round_robin: &AtomicUsize,
+    retry: bool,
     allowed: impl Fn(usize) -> bool,
 ) -> Option<usize> {
     let n = table.slots.len();
@@ -158,7 +160,9 @@ fn pick_allowed<S>(
             .find(|&i| Some(i) != except && allowed(i))
     };
     let draw = match picker {
-        Picker::RoundRobin => round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        // A retry's pick must not take a turn: with two endpoints, the failing one would then
+        // receive every first attempt.
+        Picker::RoundRobin if !retry => round_robin.fetch_add(1, Ordering::Relaxed) % n,
         Picker::Weighted => weighted_index(table, rng),
         _ => rng.below(n),
     };

@@ -66,6 +66,9 @@ enum State<B> {
 #[derive(Debug)]
 struct First<B> {
     inner: Option<B>,
+    /// A frame read ahead of the caller (see `poll_frame`).
+    /// Boxed: peeking is rare enough, and keeps the common state small.
+    peeked: Option<Box<Result<Frame<Bytes>, BoxError>>>,
     shared: Arc<Shared<B>>,
     chunks: Vec<Bytes>,
     trailers: Option<HeaderMap>,
@@ -99,6 +102,7 @@ impl<B: Body> ReplayBody<B> {
             polled: false,
             ended: false,
             inner: None,
+            peeked: None,
         };
         if body.size_hint().lower() > cap {
             first.cap_exceeded();
@@ -148,6 +152,56 @@ impl<B> First<B> {
             };
             let _ = self.shared.recorded.set(Arc::new(recorded));
         }
+    }
+}
+
+impl<B> First<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Polls the caller's body for one frame, recording what it yields.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                self.end();
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A body that failed is not sent again.
+                self.cap_exceeded();
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) => {
+                let chunk = data.copy_to_bytes(data.remaining());
+                self.record(&chunk);
+                Frame::data(chunk)
+            }
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    if !self.shared.capped.load(Ordering::Relaxed) {
+                        self.trailers = Some(trailers.clone());
+                    }
+                    Frame::trailers(trailers)
+                }
+                // http-body 1 has only data and trailers frames.
+                Err(_) => return Poll::Ready(Some(Err("unknown body frame".into()))),
+            },
+        };
+        if self.inner.as_ref().is_some_and(Body::is_end_stream) {
+            self.end();
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 }
 
@@ -201,44 +255,22 @@ where
         match &mut self.get_mut().state {
             State::First(first) => {
                 first.polled = true;
-                let Some(inner) = first.inner.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                if first.ended && inner.is_end_stream() {
-                    return Poll::Ready(None);
+                if let Some(frame) = first.peeked.take() {
+                    return Poll::Ready(Some(*frame));
                 }
-                let frame = match Pin::new(&mut *inner).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => {
-                        first.end();
-                        return Poll::Ready(None);
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        // A body that failed is not sent again.
-                        first.cap_exceeded();
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
+                let frame = match first.poll_inner(cx) {
                     Poll::Ready(Some(Ok(frame))) => frame,
+                    other => return other,
                 };
-                let frame = match frame.into_data() {
-                    Ok(mut data) => {
-                        let chunk = data.copy_to_bytes(data.remaining());
-                        first.record(&chunk);
-                        Frame::data(chunk)
+                // Look one frame ahead: a body that has sent its last frame often reports its end
+                // only on the next poll (tonic's unary bodies do), and the connection may never
+                // make that poll, for instance when the server answers before reading the rest.
+                // Without the end, the body could not be replayed.
+                if frame.is_data() && !first.ended {
+                    match first.poll_inner(cx) {
+                        Poll::Ready(Some(next)) => first.peeked = Some(Box::new(next)),
+                        Poll::Ready(None) | Poll::Pending => {}
                     }
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => {
-                            if !first.shared.capped.load(Ordering::Relaxed) {
-                                first.trailers = Some(trailers.clone());
-                            }
-                            Frame::trailers(trailers)
-                        }
-                        // http-body 1 has only data and trailers frames.
-                        Err(_) => return Poll::Ready(Some(Err("unknown body frame".into()))),
-                    },
-                };
-                if first.inner.as_ref().is_some_and(Body::is_end_stream) {
-                    first.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -264,9 +296,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
-            State::First(first) => {
-                first.ended && first.inner.as_ref().is_none_or(Body::is_end_stream)
-            }
+            State::First(first) => first.peeked.is_none() && first.ended,
             State::Replay {
                 recorded,
                 next_chunk,
@@ -398,6 +428,34 @@ mod tests {
         drop(tx);
         assert!(first.frame().await.is_none());
         assert_eq!(collect(replayer.next().unwrap()).await.0, "part");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_reports_its_end_late_is_replayable_after_its_last_frame() {
+        // Like tonic's unary bodies: one message, and the end only on the next poll.
+        let (first, mut replayer) = ReplayBody::first(
+            stream(vec![Frame::data(Bytes::from_static(b"message"))]),
+            1024,
+        );
+        let mut first = first;
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "message");
+        // The connection stops polling here (the server answered already).
+        let again = replayer.next().expect("the end was seen by looking ahead");
+        assert_eq!(collect(again).await.0, "message");
+        assert!(first.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_peeked_frame_is_delivered_in_order() {
+        let body = stream(vec![
+            Frame::data(Bytes::from_static(b"a")),
+            Frame::data(Bytes::from_static(b"b")),
+            Frame::data(Bytes::from_static(b"c")),
+        ]);
+        let (first, mut replayer) = ReplayBody::first(body, 1024);
+        assert_eq!(collect(first).await.0, "abc");
+        assert_eq!(collect(replayer.next().unwrap()).await.0, "abc");
     }
 
     #[tokio::test]
