@@ -1300,7 +1300,7 @@ async fn a_budget_slot_idle_for_65536_generations_is_not_reused() {
     // Reserve of 10 retries (1/s over 10 s), no ratio. Spend it all at t = 0.
     let policy = policy()
         .max_attempts(2)
-        .backoff(Ok(Backoff::None))
+        .backoff(Backoff::None)
         .budget(Budget::Tps {
             ttl: 10 * SEC,
             min_per_sec: 1,

@@ -907,7 +907,7 @@ async fn trailers_only_unavailable_is_retried_on_a_multi_thread_runtime() {
         .build()
         .unwrap();
     let policy = RetryPolicy::builder()
-        .backoff(Ok(Backoff::None))
+        .backoff(Backoff::None)
         .budget(Budget::Unlimited)
         .build()
         .unwrap();

@@ -44,32 +44,48 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Exponential full-jitter backoff; `base` must be at least 1 ms and `max` at least `base`.
-    pub fn exponential(base: Duration, max: Duration) -> Result<Self, BuildError> {
-        if base < Duration::from_millis(1) || max < base || max > Duration::from_secs(3_600) {
-            return Err(BuildError::InvalidConfig(format!(
-                "exponential backoff base {base:?}, max {max:?}: base must be at least 1ms, max between base and 1h"
-            )));
-        }
-        Ok(Backoff::Exponential { base, max })
+    /// Exponential full-jitter backoff; `base` must be at least 1 ms and `max` at least `base`
+    /// (checked when the policy is built).
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Backoff::Exponential { base, max }
     }
 
-    /// gRPC-style backoff; `initial` and `max` above zero, `multiplier` at least 1.
-    pub fn grpc(initial: Duration, multiplier: f64, max: Duration) -> Result<Self, BuildError> {
-        if initial.is_zero()
-            || max < initial
-            || max > Duration::from_secs(3_600)
-            || !(1.0..=100.0).contains(&multiplier)
-        {
-            return Err(BuildError::InvalidConfig(format!(
-                "grpc backoff initial {initial:?}, multiplier {multiplier}, max {max:?}: initial above 0, max between initial and 1h, multiplier from 1 to 100"
-            )));
-        }
-        Ok(Backoff::Grpc {
+    /// gRPC-style backoff; `initial` above zero, `max` at least `initial`, `multiplier` from 1
+    /// to 100 (checked when the policy is built).
+    pub fn grpc(initial: Duration, multiplier: f64, max: Duration) -> Self {
+        Backoff::Grpc {
             initial,
             multiplier,
             max,
-        })
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let hour = Duration::from_secs(3_600);
+        match *self {
+            Backoff::Exponential { base, max }
+                if base < Duration::from_millis(1) || max < base || max > hour =>
+            {
+                Err(BuildError::InvalidConfig(format!(
+                    "exponential backoff base {base:?}, max {max:?}: base must be at least 1ms, max between base and 1h"
+                )))
+            }
+            Backoff::Grpc {
+                initial,
+                multiplier,
+                max,
+            } if initial.is_zero()
+                || max < initial
+                || max > hour
+                || !(1.0..=100.0).contains(&multiplier) =>
+            {
+                Err(BuildError::InvalidConfig(format!(
+                    "grpc backoff initial {initial:?}, multiplier {multiplier}, max {max:?}: initial above 0, max between initial and 1h, multiplier from 1 to 100"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The largest delay retry `retry` (from 1) can get, before jitter.
@@ -129,7 +145,8 @@ mod tests {
 
     #[test]
     fn grpc_delays_stay_within_twenty_percent() {
-        let backoff = Backoff::grpc(100 * MS, 1.6, 1_000 * MS).unwrap();
+        let backoff = Backoff::grpc(100 * MS, 1.6, 1_000 * MS);
+        backoff.validate().unwrap();
         assert_eq!(backoff.ceiling(1), 100 * MS);
         assert_eq!(backoff.ceiling(2), 160 * MS);
         assert_eq!(backoff.ceiling(3), 256 * MS);
@@ -149,10 +166,23 @@ mod tests {
 
     #[test]
     fn invalid_backoffs_are_rejected() {
-        assert!(Backoff::exponential(Duration::ZERO, 10 * MS).is_err());
-        assert!(Backoff::exponential(20 * MS, 10 * MS).is_err());
-        assert!(Backoff::grpc(10 * MS, 0.5, 100 * MS).is_err());
-        assert!(Backoff::grpc(10 * MS, f64::NAN, 100 * MS).is_err());
-        assert!(Backoff::grpc(Duration::ZERO, 2.0, 100 * MS).is_err());
+        assert!(
+            Backoff::exponential(Duration::ZERO, 10 * MS)
+                .validate()
+                .is_err()
+        );
+        assert!(Backoff::exponential(20 * MS, 10 * MS).validate().is_err());
+        assert!(Backoff::grpc(10 * MS, 0.5, 100 * MS).validate().is_err());
+        assert!(
+            Backoff::grpc(10 * MS, f64::NAN, 100 * MS)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Backoff::grpc(Duration::ZERO, 2.0, 100 * MS)
+                .validate()
+                .is_err()
+        );
+        assert!(Backoff::default().validate().is_ok());
     }
 }

@@ -160,7 +160,6 @@ impl RetryPolicy {
         RetryPolicyBuilder {
             policy: Self::default(),
             budget: None,
-            backoff_error: None,
         }
     }
 
@@ -184,7 +183,6 @@ impl RetryPolicy {
 pub struct RetryPolicyBuilder {
     policy: RetryPolicy,
     budget: Option<Budget>,
-    backoff_error: Option<BuildError>,
 }
 
 impl RetryPolicyBuilder {
@@ -225,12 +223,10 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// Sets the backoff (default exponential with full jitter, 25 ms to 250 ms).
-    pub fn backoff(mut self, backoff: Result<Backoff, BuildError>) -> Self {
-        match backoff {
-            Ok(backoff) => self.policy.backoff = backoff,
-            Err(e) => self.backoff_error = Some(e),
-        }
+    /// Sets the backoff (default exponential with full jitter, 25 ms to 250 ms); checked by
+    /// [`build`](Self::build).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.policy.backoff = backoff;
         self
     }
 
@@ -261,9 +257,7 @@ impl RetryPolicyBuilder {
 
     /// Checks every setting and returns the policy, or says which one is out of range.
     pub fn build(mut self) -> Result<RetryPolicy, BuildError> {
-        if let Some(e) = self.backoff_error {
-            return Err(e);
-        }
+        self.policy.backoff.validate()?;
         let p = &self.policy;
         if !(1..=10).contains(&p.max_attempts) {
             return Err(invalid(format!(
@@ -591,7 +585,10 @@ mod tests {
         assert!(RetryPolicy::builder().grpc_codes([17]).build().is_err());
         assert!(
             RetryPolicy::builder()
-                .backoff(Backoff::exponential(Duration::ZERO, Duration::ZERO))
+                .backoff(Backoff::Exponential {
+                    base: Duration::ZERO,
+                    max: Duration::ZERO
+                })
                 .build()
                 .is_err()
         );
