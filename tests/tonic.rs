@@ -224,3 +224,51 @@ async fn application_status_passes_through_and_is_no_failure() {
     );
     assert_eq!(endpoint.in_flight, 0);
 }
+
+/// A tonic `Channel` per endpoint, made by the balancer's factory: the balancer picks, each
+/// channel keeps its own HTTP/2 connection.
+#[tokio::test]
+async fn a_tonic_channel_per_endpoint() {
+    use proxyless::balance::BalanceLayer;
+    use proxyless::discover::Endpoint;
+    use tonic::transport::Channel;
+    use tower::ServiceBuilder;
+
+    let servers = [
+        GrpcServer::start().await,
+        GrpcServer::start().await,
+        GrpcServer::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let balance = ServiceBuilder::new()
+        .layer(BalanceLayer::new(discover::fixed(addrs.clone()).unwrap()))
+        .service(|endpoint: &Endpoint| {
+            Channel::from_shared(format!("http://{}", endpoint.addr()))
+                .expect("a socket address is a valid URI")
+                .connect_lazy()
+        });
+    let health = HealthClient::new(balance.clone());
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let mut health = health.clone();
+        let response = bounded("check", health.check(check_request("")))
+            .await
+            .expect("check");
+        assert_eq!(response.get_ref().status(), ServingStatus::Serving);
+        if let Some(by) = response.extensions().get::<ServedBy>() {
+            served.insert(by.0);
+        }
+    }
+    let snapshot = balance.snapshot();
+    assert_eq!(snapshot.total_requests(), 30);
+    for addr in &addrs {
+        let endpoint = snapshot.endpoint(*addr).unwrap();
+        assert!(endpoint.requests > 0, "{endpoint:?}");
+        assert_eq!(
+            (endpoint.failures, endpoint.in_flight),
+            (0, 0),
+            "{endpoint:?}"
+        );
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+}
