@@ -42,6 +42,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod balance;
+pub mod breaker;
 pub mod classify;
 pub mod discover;
 pub mod error;

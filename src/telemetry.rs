@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::breaker::BreakerState;
 use crate::identity::SpiffeId;
 
 /// The state of a balancer at one moment.
@@ -70,6 +71,10 @@ pub struct EndpointSnapshot {
     pub requests: u64,
     /// Of those, failures: transport errors, 5xx, gRPC server-failure statuses.
     pub failures: u64,
+    /// Its circuit breaker's state: while open, it gets no traffic (outside panic mode).
+    pub breaker: BreakerState,
+    /// How many times its breaker has opened (trips and failed probes).
+    pub breaker_opened: u64,
 }
 
 /// The state of the discovery source.

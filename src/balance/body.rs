@@ -8,7 +8,11 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use std::net::SocketAddr;
+
+use super::health::Health;
 use super::shared::Accounting;
+use crate::breaker::{Admission, BreakerTransition};
 use crate::classify::{LocalOrigin, Outcome};
 use crate::error::Overloaded;
 use crate::load::EndpointLoad;
@@ -17,7 +21,10 @@ use crate::load::EndpointLoad;
 /// dropped, takes the round-trip sample once (at the first response frame), and records the
 /// request's [`Outcome`] once, as soon as it is known.
 pub(crate) struct Tracker {
+    addr: SocketAddr,
     load: Arc<EndpointLoad>,
+    health: Arc<Health>,
+    admission: Admission,
     context: Arc<Accounting>,
     start: Instant,
     sampled: bool,
@@ -37,13 +44,24 @@ impl Tracker {
     /// Dispatches a request: takes a slot under the service's `max_requests` (or fails) and
     /// counts it in flight on its endpoint.
     pub(crate) fn start(
+        addr: SocketAddr,
         load: Arc<EndpointLoad>,
+        health: Arc<Health>,
+        admission: Admission,
         context: Arc<Accounting>,
     ) -> Result<Self, Overloaded> {
-        context.try_acquire()?;
+        if let Err(overloaded) = context.try_acquire() {
+            if admission == Admission::Probe {
+                health.breaker.cancel_probe();
+            }
+            return Err(overloaded);
+        }
         load.start();
         Ok(Self {
+            addr,
             load,
+            health,
+            admission,
             context,
             start: Instant::now(),
             sampled: false,
@@ -72,10 +90,14 @@ impl Tracker {
             return;
         }
         self.outcome = Some(outcome);
+        let now = Instant::now();
         if outcome.is_failure() {
             self.sampled = true;
-            let now = Instant::now();
             self.load.observe_failure(now - self.start, now);
+        }
+        if let Some(transition) = self.health.breaker.record(outcome, self.admission, now) {
+            log_transition(self.addr, transition, outcome);
+            self.context.health_changed();
         }
     }
 
@@ -106,6 +128,32 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         self.load.finish();
         self.context.release();
+        if self.outcome.is_none() && self.admission == Admission::Probe {
+            // The caller gave the probe up: let another request probe.
+            self.health.breaker.cancel_probe();
+            self.context.health_changed();
+        }
+    }
+}
+
+fn log_transition(addr: SocketAddr, transition: BreakerTransition, outcome: Outcome) {
+    match transition {
+        BreakerTransition::Opened { open_for, reason } => tracing::info!(
+            endpoint = %addr,
+            ?open_for,
+            ?reason,
+            ?outcome,
+            "circuit breaker opened"
+        ),
+        BreakerTransition::Reopened { open_for } => tracing::debug!(
+            endpoint = %addr,
+            ?open_for,
+            ?outcome,
+            "circuit breaker probe failed; open again"
+        ),
+        BreakerTransition::Closed => {
+            tracing::info!(endpoint = %addr, "circuit breaker probe succeeded; closed")
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::BreakerConfig;
 use crate::classify::{Classify, DefaultClassify};
 use crate::error::BuildError;
 
@@ -42,8 +43,10 @@ pub enum Picker {
 /// | [`max_requests`](BalanceConfigBuilder::max_requests) | 1024 in flight for the service | Envoy's `max_requests` |
 /// | [`max_requests_per_endpoint`](BalanceConfigBuilder::max_requests_per_endpoint) | unlimited | — |
 /// | [`panic_threshold`](BalanceConfigBuilder::panic_threshold) | 50 % | Envoy's `healthy_panic_threshold` |
+/// | [`breaker`](BalanceConfigBuilder::breaker) | 5 consecutive failures, open 1 s → 60 s | Finagle, Linkerd |
 #[derive(Clone)]
 pub struct BalanceConfig {
+    breaker: BreakerConfig,
     max_requests: u64,
     max_requests_per_endpoint: Option<u64>,
     panic_threshold: u8,
@@ -68,6 +71,7 @@ impl std::fmt::Debug for BalanceConfig {
             .field("max_requests", &self.max_requests)
             .field("max_requests_per_endpoint", &self.max_requests_per_endpoint)
             .field("panic_threshold", &self.panic_threshold)
+            .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +86,7 @@ impl Default for BalanceConfig {
             no_endpoint_timeout: Duration::from_secs(3),
             seed: None,
             classify: Arc::new(DefaultClassify),
+            breaker: BreakerConfig::default(),
             max_requests: 1024,
             max_requests_per_endpoint: None,
             panic_threshold: 50,
@@ -130,6 +135,11 @@ impl BalanceConfig {
     /// What counts as a failure.
     pub fn classify(&self) -> &Arc<dyn Classify> {
         &self.classify
+    }
+
+    /// Each endpoint's circuit breaker settings.
+    pub fn breaker(&self) -> &BreakerConfig {
+        &self.breaker
     }
 
     /// The most requests in flight for the whole service.
@@ -191,6 +201,14 @@ impl BalanceConfigBuilder {
     /// Fixes the random seed so that picks are reproducible (tests, simulations).
     pub fn seed(mut self, seed: u64) -> Self {
         self.config.seed = Some(seed);
+        self
+    }
+
+    /// Sets each endpoint's circuit breaker (default: opens after 5 consecutive failures for
+    /// 1 s, doubling up to 60 s, then lets one probe through; [`BreakerConfig::disabled`] turns
+    /// it off). An endpoint whose breaker is open is not picked, and keeps its connections.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.config.breaker = breaker;
         self
     }
 

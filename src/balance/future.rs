@@ -116,11 +116,18 @@ where
     S: Service<Request<B>>,
 {
     fn calling(picked: Picked<S>, request: Request<B>, deadline: Option<Instant>) -> Self {
-        match Tracker::start(picked.load, picked.context) {
+        let addr = picked.addr;
+        match Tracker::start(
+            addr,
+            picked.load,
+            picked.health,
+            picked.admission,
+            picked.context,
+        ) {
             Ok(tracker) => State::Calling {
                 tracker: Some(tracker),
                 call: picked.service.oneshot(request),
-                addr: picked.addr,
+                addr,
                 timeout: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
             },
             Err(overloaded) => {
@@ -133,6 +140,9 @@ where
     }
 }
 
+/// How often a request waiting for an endpoint looks again when nothing woke it.
+const HEALTH_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Waits up to the configured time for an endpoint to become available (discovery publishes
 /// one, an ejected one returns, a breaker closes).
 async fn wait_for_endpoint<S: Clone>(
@@ -142,7 +152,7 @@ async fn wait_for_endpoint<S: Clone>(
     let start = Instant::now();
     let deadline = start + shared.config().no_endpoint_timeout();
     loop {
-        let changed = shared.changed.notified();
+        let changed = shared.context.changed.notified();
         tokio::pin!(changed);
         // Register before looking, so a change published in between is not missed.
         changed.as_mut().enable();
@@ -154,7 +164,14 @@ async fn wait_for_endpoint<S: Clone>(
             Err(NoPick::AtCapacity) => return Err(shared.overloaded().into()),
             Err(NoPick::Empty | NoPick::Unhealthy) => {}
         }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+        // A breaker's open period ends with no event to wake on: look again now and then while
+        // there are endpoints that may come back.
+        let wake = if shared.table.load().len() > 0 {
+            deadline.min(Instant::now() + HEALTH_RECHECK)
+        } else {
+            deadline
+        };
+        if tokio::time::timeout_at(wake, changed).await.is_err() && Instant::now() >= deadline {
             shared.failing_fast.store(true, Ordering::Relaxed);
             let error = shared.no_endpoint(start.elapsed());
             tracing::debug!(%error, "failing fast");

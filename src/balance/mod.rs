@@ -56,6 +56,7 @@ mod body;
 mod config;
 mod driver;
 mod future;
+mod health;
 mod pick;
 mod shared;
 mod table;
@@ -337,6 +338,8 @@ impl<S> Balance<S> {
                     rtt_estimate: slot.load.rtt().estimate(now),
                     requests: slot.load.requests(),
                     failures: slot.load.failures(),
+                    breaker: slot.health.breaker.state(now),
+                    breaker_opened: slot.health.breaker.times_opened(),
                 }
             })
             .collect();

@@ -77,7 +77,7 @@ pub(crate) fn pick<'t, S>(
         return found(plain(picker, table, rng, round_robin));
     }
     let under_cap = |i: usize| max_per_endpoint.is_none_or(|max| slots[i].load.in_flight() < max);
-    let healthy = |i: usize| slots[i].is_healthy(now);
+    let healthy = |i: usize| slots[i].health.is_available(now);
     let fresh = |i: usize| !avoid.contains(&slots[i].endpoint.addr());
     if !avoid.is_empty()
         && let Some(i) = pick_allowed(picker, table, rng, round_robin, true, |i| {

@@ -8,8 +8,10 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
 use super::BalanceConfig;
+use super::health::Health;
 use super::pick::{self, Constraints, NoPick};
 use super::table::Table;
+use crate::breaker::Admission;
 use crate::classify::Classify;
 use crate::error::{NoEndpoint, Overloaded};
 use crate::load::EndpointLoad;
@@ -17,9 +19,6 @@ use crate::rng::Rng;
 
 pub(crate) struct Shared<S> {
     pub(crate) table: ArcSwap<Table<S>>,
-    /// Woken whenever a new table is published or an endpoint's health changes, for requests
-    /// waiting for an endpoint.
-    pub(crate) changed: Notify,
     pub(crate) discovery: DiscoveryStatus,
     pub(crate) context: Arc<Accounting>,
     /// Endpoints of the current table that are ejected or whose breaker is not closed.
@@ -36,6 +35,11 @@ pub(crate) struct Shared<S> {
 /// What in-flight requests share with their balancer, whatever its endpoint client type.
 pub(crate) struct Accounting {
     pub(crate) classify: Arc<dyn Classify>,
+    /// Woken whenever a new table is published or an endpoint's health changes, for requests
+    /// waiting for an endpoint.
+    pub(crate) changed: Notify,
+    /// Set by health transitions on the request path; the next pick recounts.
+    health_dirty: AtomicBool,
     in_flight: AtomicU64,
     max_requests: u64,
     pub(crate) overloaded: AtomicU64,
@@ -60,6 +64,12 @@ impl Accounting {
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// An endpoint's health changed: recount before the next pick, and wake waiting requests.
+    pub(crate) fn health_changed(&self) {
+        self.health_dirty.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
 }
 
 impl<S> Shared<S> {
@@ -70,10 +80,11 @@ impl<S> Shared<S> {
         };
         Self {
             table: ArcSwap::from_pointee(Table::empty()),
-            changed: Notify::new(),
             discovery: DiscoveryStatus::default(),
             context: Arc::new(Accounting {
                 classify: Arc::clone(config.classify()),
+                changed: Notify::new(),
+                health_dirty: AtomicBool::new(false),
                 in_flight: AtomicU64::new(0),
                 max_requests: config.max_requests(),
                 overloaded: AtomicU64::new(0),
@@ -95,50 +106,72 @@ impl<S> Shared<S> {
         self.table.store(Arc::new(table));
         self.discovery.last_error.store(None);
         self.discovery.updates.fetch_add(1, Ordering::Relaxed);
-        self.health_changed();
+        self.recount();
+        self.context.changed.notify_waiters();
     }
 
-    /// Recounts unhealthy endpoints and wakes waiting requests; called on every table publish
-    /// and health transition, never per request.
-    pub(crate) fn health_changed(&self) {
+    /// Recounts unhealthy endpoints; called when a table is published and, through
+    /// [`Accounting::health_changed`], at the first pick after a health transition.
+    fn recount(&self) {
         let table = self.table.load();
         let now = tokio::time::Instant::now();
-        let unhealthy = table.slots.iter().filter(|s| !s.is_healthy(now)).count();
+        let unhealthy = table
+            .slots
+            .iter()
+            .filter(|s| !s.health.is_healthy(now))
+            .count();
         self.unhealthy.store(unhealthy, Ordering::Relaxed);
         self.failing_fast.store(false, Ordering::Relaxed);
-        self.changed.notify_waiters();
     }
 
     /// Picks an endpoint from the current table.
+    ///
+    /// The pick claims the endpoint's breaker admission; when another request took the one probe
+    /// of a half-open breaker in between, it picks again (three tries).
     pub(crate) fn pick(&self, avoid: &[SocketAddr]) -> Result<Picked<S>, NoPick>
     where
         S: Clone,
     {
+        if self.context.health_dirty.swap(false, Ordering::AcqRel) {
+            self.recount();
+        }
         let table = self.table.load();
+        let now = tokio::time::Instant::now();
         let constraints = Constraints {
             avoid,
             max_per_endpoint: self.config.max_requests_per_endpoint(),
             unhealthy: self.unhealthy.load(Ordering::Relaxed),
             panic_threshold: self.config.panic_threshold(),
-            now: tokio::time::Instant::now(),
+            now,
         };
-        let choice = pick::pick(
-            self.config.picker(),
-            &table,
-            &self.rng,
-            &self.round_robin,
-            constraints,
-        )?;
-        if choice.panic {
-            self.context.panics.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..3 {
+            let choice = pick::pick(
+                self.config.picker(),
+                &table,
+                &self.rng,
+                &self.round_robin,
+                constraints,
+            )?;
+            let slot = choice.slot;
+            let admission = match slot.health.breaker.admit(now) {
+                // Panic mode sends anyway; the breaker ignores what such requests report.
+                Admission::Rejected if choice.panic => Admission::Normal,
+                Admission::Rejected => continue,
+                admission => admission,
+            };
+            if choice.panic {
+                self.context.panics.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(Picked {
+                addr: slot.endpoint.addr(),
+                service: slot.service.clone(),
+                load: Arc::clone(&slot.load),
+                health: Arc::clone(&slot.health),
+                admission,
+                context: Arc::clone(&self.context),
+            });
         }
-        let slot = choice.slot;
-        Ok(Picked {
-            addr: slot.endpoint.addr(),
-            service: slot.service.clone(),
-            load: Arc::clone(&slot.load),
-            context: Arc::clone(&self.context),
-        })
+        Err(NoPick::Unhealthy)
     }
 
     /// The error for a request that found every endpoint at its cap.
@@ -159,6 +192,8 @@ pub(crate) struct Picked<S> {
     pub(crate) addr: SocketAddr,
     pub(crate) service: S,
     pub(crate) load: Arc<EndpointLoad>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) admission: Admission,
     pub(crate) context: Arc<Accounting>,
 }
 

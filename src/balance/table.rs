@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::health::Health;
 use super::{BalanceConfig, MakeEndpoint};
 use crate::discover::{DiscoverError, Endpoint, Update, validate_update};
 use crate::load::EndpointLoad;
@@ -21,13 +22,7 @@ pub(crate) struct Slot<S> {
     pub(crate) endpoint: Endpoint,
     pub(crate) service: S,
     pub(crate) load: Arc<EndpointLoad>,
-}
-
-impl<S> Slot<S> {
-    /// Whether health checks allow sending to it: not ejected, breaker closed or ready to probe.
-    pub(crate) fn is_healthy(&self, _now: Instant) -> bool {
-        true
-    }
+    pub(crate) health: Arc<Health>,
 }
 
 /// An immutable endpoint table.
@@ -142,6 +137,7 @@ impl<S: Clone> Table<S> {
                         endpoint,
                         service: slot.service.clone(),
                         load: Arc::clone(&slot.load),
+                        health: Arc::clone(&slot.health),
                     })
                 }
                 existing => {
@@ -158,6 +154,7 @@ impl<S: Clone> Table<S> {
                     );
                     Arc::new(Slot {
                         service: make.make_endpoint(&endpoint),
+                        health: Arc::new(Health::new(config, endpoint.addr(), now)),
                         endpoint,
                         load: Arc::new(load),
                     })
