@@ -49,6 +49,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod load;
+pub mod outlier;
 pub mod retry;
 mod rng;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::breaker::BreakerState;
 use crate::identity::SpiffeId;
+use crate::outlier::{OutlierHostSnapshot, OutlierStats};
 
 /// The state of a balancer at one moment.
 #[derive(Clone, Debug)]
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub overloaded: u64,
     /// Picks made in panic mode, ignoring endpoint health.
     pub panic_picks: u64,
+    /// Outlier detection's counters, with Envoy's names.
+    pub outlier: OutlierStats,
     /// The retry counters, when a retry layer is part of the stack (as in
     /// [`Client`](crate::Client)).
     pub retry: Option<RetrySnapshot>,
@@ -75,6 +78,29 @@ pub struct EndpointSnapshot {
     pub breaker: BreakerState,
     /// How many times its breaker has opened (trips and failed probes).
     pub breaker_opened: u64,
+    /// Its outlier-detection state: ejected or not, why, for how long, times ejected, and the
+    /// success rate of the last interval.
+    pub outlier: OutlierHostSnapshot,
+}
+
+impl EndpointSnapshot {
+    /// Whether the balancer would pick it now (outside panic mode), and if not, why.
+    pub fn availability(&self) -> &'static str {
+        if self.outlier.ejected {
+            "ejected by outlier detection"
+        } else if matches!(self.breaker, BreakerState::Open { .. }) {
+            "circuit breaker open"
+        } else if matches!(
+            self.breaker,
+            BreakerState::HalfOpen {
+                probe_in_flight: true
+            }
+        ) {
+            "circuit breaker half-open, probe in flight"
+        } else {
+            "available"
+        }
+    }
 }
 
 /// The state of the discovery source.

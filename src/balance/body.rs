@@ -11,11 +11,13 @@ use tokio::time::Instant;
 use std::net::SocketAddr;
 
 use super::health::Health;
-use super::shared::Accounting;
+use super::shared::{Accounting, log_outlier_event};
 use crate::breaker::{Admission, BreakerTransition};
 use crate::classify::{LocalOrigin, Outcome};
 use crate::error::Overloaded;
 use crate::load::EndpointLoad;
+use crate::outlier::OutlierEvent;
+use std::sync::atomic::Ordering;
 
 /// One request's accounting on its endpoint: holds its place in the in-flight count until
 /// dropped, takes the round-trip sample once (at the first response frame), and records the
@@ -98,6 +100,14 @@ impl Tracker {
         if let Some(transition) = self.health.breaker.record(outcome, self.admission, now) {
             log_transition(self.addr, transition, outcome);
             self.context.health_changed();
+        }
+        let hosts = self.context.hosts.load(Ordering::Relaxed);
+        let detector = &self.context.detector;
+        if let Some(event) = detector.record(&self.health.outlier, self.addr, outcome, hosts, now) {
+            log_outlier_event(&event);
+            if matches!(event, OutlierEvent::Ejected { .. }) {
+                self.context.health_changed();
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::breaker::BreakerConfig;
 use crate::classify::{Classify, DefaultClassify};
 use crate::error::BuildError;
+use crate::outlier::OutlierConfig;
 
 /// How the balancer chooses an endpoint for each request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,9 +45,11 @@ pub enum Picker {
 /// | [`max_requests_per_endpoint`](BalanceConfigBuilder::max_requests_per_endpoint) | unlimited | — |
 /// | [`panic_threshold`](BalanceConfigBuilder::panic_threshold) | 50 % | Envoy's `healthy_panic_threshold` |
 /// | [`breaker`](BalanceConfigBuilder::breaker) | 5 consecutive failures, open 1 s → 60 s | Finagle, Linkerd |
+/// | [`outlier`](BalanceConfigBuilder::outlier) | Envoy's outlier detection defaults | Envoy |
 #[derive(Clone)]
 pub struct BalanceConfig {
     breaker: BreakerConfig,
+    outlier: OutlierConfig,
     max_requests: u64,
     max_requests_per_endpoint: Option<u64>,
     panic_threshold: u8,
@@ -72,6 +75,7 @@ impl std::fmt::Debug for BalanceConfig {
             .field("max_requests_per_endpoint", &self.max_requests_per_endpoint)
             .field("panic_threshold", &self.panic_threshold)
             .field("breaker", &self.breaker)
+            .field("outlier", &self.outlier)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +91,7 @@ impl Default for BalanceConfig {
             seed: None,
             classify: Arc::new(DefaultClassify),
             breaker: BreakerConfig::default(),
+            outlier: OutlierConfig::default(),
             max_requests: 1024,
             max_requests_per_endpoint: None,
             panic_threshold: 50,
@@ -140,6 +145,11 @@ impl BalanceConfig {
     /// Each endpoint's circuit breaker settings.
     pub fn breaker(&self) -> &BreakerConfig {
         &self.breaker
+    }
+
+    /// Outlier detection settings.
+    pub fn outlier(&self) -> &OutlierConfig {
+        &self.outlier
     }
 
     /// The most requests in flight for the whole service.
@@ -209,6 +219,15 @@ impl BalanceConfigBuilder {
     /// it off). An endpoint whose breaker is open is not picked, and keeps its connections.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
         self.config.breaker = breaker;
+        self
+    }
+
+    /// Sets outlier detection over the endpoint set (default: Envoy's defaults: eject after 5
+    /// consecutive 5xx, or a success rate below mean − 1.9 stdev, for 30 s × times ejected up to
+    /// 300 s, at most 10 % of endpoints, swept every 10 s; [`OutlierConfig::disabled`] turns it
+    /// off). An ejected endpoint is not picked, and keeps its connections.
+    pub fn outlier(mut self, outlier: OutlierConfig) -> Self {
+        self.config.outlier = outlier;
         self
     }
 

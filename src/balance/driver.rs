@@ -1,4 +1,5 @@
-//! The discovery driver: a background task that applies updates to the endpoint table.
+//! The balancer's background task: applies discovery updates to the endpoint table and runs the
+//! outlier-detection sweep on its interval.
 //!
 //! It runs for as long as any clone of the [`Balance`](super::Balance) exists, so an idle client
 //! still follows discovery, and stops when the last clone is dropped. Each update becomes a new
@@ -24,11 +25,25 @@ pub(crate) async fn run<D, M>(
     M: MakeEndpoint,
     M::Service: Clone,
 {
+    let outlier = shared.config().outlier();
+    let mut sweeps = outlier.is_enabled().then(|| {
+        let mut sweeps = tokio::time::interval_at(
+            tokio::time::Instant::now() + outlier.interval(),
+            outlier.interval(),
+        );
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweeps
+    });
+    let mut discovery_ended = false;
     loop {
         let update = tokio::select! {
             biased;
             _ = &mut shutdown => return,
-            update = discover.next_update() => update,
+            _ = tick(&mut sweeps) => {
+                shared.sweep_outliers();
+                continue;
+            }
+            update = discover.next_update(), if !discovery_ended => update,
         };
         match update {
             Some(Ok(update)) => {
@@ -74,9 +89,18 @@ pub(crate) async fn run<D, M>(
                     "discovery: source ended; keeping the endpoint set"
                 );
                 shared.discovery.record_ended();
-                let _ = shutdown.await;
-                return;
+                discovery_ended = true;
             }
         }
+    }
+}
+
+/// The next sweep tick, or never when outlier detection is off.
+async fn tick(sweeps: &mut Option<tokio::time::Interval>) {
+    match sweeps {
+        Some(sweeps) => {
+            sweeps.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -1,4 +1,4 @@
-//! An endpoint's health gates: its circuit breaker (and, with outlier detection, its ejection).
+//! An endpoint's health gates: its circuit breaker and its outlier-detection ejection.
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -7,28 +7,32 @@ use tokio::time::Instant;
 
 use super::BalanceConfig;
 use crate::breaker::{Breaker, BreakerState};
+use crate::outlier::OutlierHost;
 
 /// The health state of one endpoint, shared by its table slots and in-flight requests.
 #[derive(Debug)]
 pub(crate) struct Health {
     pub(crate) breaker: Breaker,
+    pub(crate) outlier: OutlierHost,
 }
 
 impl Health {
     pub(crate) fn new(config: &BalanceConfig, addr: SocketAddr, now: Instant) -> Self {
         Self {
             breaker: Breaker::new(config.breaker(), seed_for(config.seed(), addr), now),
+            outlier: OutlierHost::new(),
         }
     }
 
-    /// Whether a request may be sent to it now: breaker closed, or open long enough to probe.
+    /// Whether a request may be sent to it now: not ejected, and its breaker closed or open
+    /// long enough to probe.
     pub(crate) fn is_available(&self, now: Instant) -> bool {
-        self.breaker.is_available(now)
+        !self.outlier.is_ejected() && self.breaker.is_available(now)
     }
 
-    /// Whether it counts as healthy for panic mode: breaker closed.
+    /// Whether it counts as healthy for panic mode: not ejected, breaker closed.
     pub(crate) fn is_healthy(&self, now: Instant) -> bool {
-        self.breaker.state(now) == BreakerState::Closed
+        !self.outlier.is_ejected() && self.breaker.state(now) == BreakerState::Closed
     }
 }
 

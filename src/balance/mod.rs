@@ -80,6 +80,7 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::discover::{Discover, Endpoint};
 use crate::error::BuildError;
+use crate::outlier::OutlierEvent;
 use crate::telemetry::{DiscoverySnapshot, EndpointSnapshot, Snapshot};
 use pick::NoPick;
 use shared::Shared;
@@ -315,6 +316,12 @@ impl<S> Balance<S> {
         self.shared.config()
     }
 
+    /// Runs an outlier-detection sweep now, besides the ones on the configured interval, and
+    /// returns its decisions (ejections, returns, refusals). For tests and operator tools.
+    pub fn sweep_outliers(&self) -> Vec<OutlierEvent> {
+        self.shared.sweep_outliers()
+    }
+
     /// The endpoints as of now, with their loads and counters, and the state of discovery.
     pub fn snapshot(&self) -> Snapshot {
         let table = self.shared.table.load();
@@ -340,6 +347,7 @@ impl<S> Balance<S> {
                     failures: slot.load.failures(),
                     breaker: slot.health.breaker.state(now),
                     breaker_opened: slot.health.breaker.times_opened(),
+                    outlier: slot.health.outlier.snapshot(now),
                 }
             })
             .collect();
@@ -358,6 +366,7 @@ impl<S> Balance<S> {
             in_flight: self.shared.context.in_flight(),
             overloaded: self.shared.context.overloaded.load(Ordering::Relaxed),
             panic_picks: self.shared.context.panics.load(Ordering::Relaxed),
+            outlier: self.shared.context.detector.stats(),
             retry: None,
         }
     }

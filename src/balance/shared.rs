@@ -15,6 +15,7 @@ use crate::breaker::Admission;
 use crate::classify::Classify;
 use crate::error::{NoEndpoint, Overloaded};
 use crate::load::EndpointLoad;
+use crate::outlier::{Detector, OutlierEvent, OutlierHost};
 use crate::rng::Rng;
 
 pub(crate) struct Shared<S> {
@@ -40,6 +41,9 @@ pub(crate) struct Accounting {
     pub(crate) changed: Notify,
     /// Set by health transitions on the request path; the next pick recounts.
     health_dirty: AtomicBool,
+    pub(crate) detector: Detector,
+    /// Endpoints in the current table, for the outlier detector's max ejection percent.
+    pub(crate) hosts: AtomicUsize,
     in_flight: AtomicU64,
     max_requests: u64,
     pub(crate) overloaded: AtomicU64,
@@ -85,6 +89,11 @@ impl<S> Shared<S> {
                 classify: Arc::clone(config.classify()),
                 changed: Notify::new(),
                 health_dirty: AtomicBool::new(false),
+                detector: Detector::new(
+                    config.outlier().clone(),
+                    config.seed().unwrap_or_else(rand::random),
+                ),
+                hosts: AtomicUsize::new(0),
                 in_flight: AtomicU64::new(0),
                 max_requests: config.max_requests(),
                 overloaded: AtomicU64::new(0),
@@ -103,11 +112,34 @@ impl<S> Shared<S> {
     }
 
     pub(crate) fn publish(&self, table: Table<S>) {
+        self.context.hosts.store(table.len(), Ordering::Relaxed);
         self.table.store(Arc::new(table));
         self.discovery.last_error.store(None);
         self.discovery.updates.fetch_add(1, Ordering::Relaxed);
         self.recount();
         self.context.changed.notify_waiters();
+    }
+
+    /// Runs one outlier-detection sweep over the current endpoints and logs its decisions.
+    pub(crate) fn sweep_outliers(&self) -> Vec<OutlierEvent> {
+        let table = self.table.load();
+        let hosts: Vec<(SocketAddr, &OutlierHost)> = table
+            .slots
+            .iter()
+            .map(|slot| (slot.endpoint.addr(), &slot.health.outlier))
+            .collect();
+        let events = self
+            .context
+            .detector
+            .sweep(&hosts, tokio::time::Instant::now());
+        for event in &events {
+            log_outlier_event(event);
+        }
+        if !events.is_empty() {
+            self.recount();
+            self.context.changed.notify_waiters();
+        }
+        events
     }
 
     /// Recounts unhealthy endpoints; called when a table is published and, through
@@ -184,6 +216,16 @@ impl<S> Shared<S> {
     pub(crate) fn no_endpoint(&self, waited: std::time::Duration) -> NoEndpoint {
         let table = self.table.load();
         NoEndpoint::new(waited, table.len(), self.unhealthy.load(Ordering::Relaxed))
+    }
+}
+
+/// Logs an outlier-detection decision: ejections and returns at info, the rest at debug.
+pub(crate) fn log_outlier_event(event: &OutlierEvent) {
+    match event {
+        OutlierEvent::Ejected { .. } | OutlierEvent::Unejected { .. } => {
+            tracing::info!(endpoint = %event.addr(), "outlier detection: {event}")
+        }
+        _ => tracing::debug!(endpoint = %event.addr(), "outlier detection: {event}"),
     }
 }
 
