@@ -8,18 +8,20 @@
 //! 2. makes one backend answer 503 to 30 % of its requests and compares the success rate the
 //!    caller sees with retries on and off;
 //! 3. makes every backend answer 503 to half of its requests and shows the retry budget holding
-//!    the extra load retries add to about 20 %, where unbudgeted retries would add 75 %.
+//!    the extra load retries add to about 20 %, where unbudgeted retries would add 75 %;
+//! 4. takes one backend dark (connections refused) and makes another fail every request, shows
+//!    circuit breakers and outlier detection taking them out while the caller's success rate
+//!    stays high, then brings both back and shows them return.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,8 +33,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxyless::balance::{BalanceConfig, Picker, ServedBy};
+use proxyless::outlier::OutlierConfig;
 use proxyless::retry::{Budget, RetryPolicy};
-use proxyless::telemetry::RetrySnapshot;
+use proxyless::telemetry::{RetrySnapshot, Snapshot};
 use proxyless::{BoxError, Client, discover};
 use tokio::net::TcpListener;
 
@@ -67,6 +70,10 @@ struct Backend {
     delay: Duration,
     /// Out of every ten requests, how many get a 503.
     failures_in_ten: Arc<AtomicU32>,
+    served: Arc<AtomicU64>,
+    /// While dark, the port refuses connections and open connections are cut.
+    dark: Arc<AtomicBool>,
+    accepting: Option<tokio::task::AbortHandle>,
 }
 
 #[tokio::main]
@@ -155,7 +162,117 @@ async fn main() -> Result<(), BoxError> {
         "\nThe budget allows retries of 20 % of requests plus 10 a second (a reserve of 100) over\n\
          10 s: it gives up some success to keep the extra load on a struggling service near 20 %."
     );
+
+    health(&mut backends).await
+}
+
+/// Part 4: an endpoint goes dark and another starts failing; both are taken out, then return.
+async fn health(backends: &mut [Backend]) -> Result<(), BoxError> {
+    for backend in backends.iter() {
+        backend.failures_in_ten.store(0, Ordering::Relaxed);
+    }
+    let (dark, failing) = (backends[2].addr, backends[3].addr);
+    println!("\n4. Health: {dark} goes dark, then {failing} fails every request; both come back\n");
+    // Envoy's outlier detection, scaled down so the demo takes seconds: a sweep every second,
+    // ejections from 2 s, and up to half of the endpoints ejected (the default 10 % of five
+    // endpoints would allow none).
+    let outlier = OutlierConfig::builder()
+        .interval(Duration::from_secs(1))
+        .base_ejection_time(Duration::from_secs(2))
+        .max_ejection_percent(50)
+        .build()?;
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let client = Client::builder()
+        .discover(discover::fixed(addrs.clone())?)
+        .balance(BalanceConfig::builder().outlier(outlier).build()?)
+        .build()?;
+
+    let healthy = drive("all healthy", client.clone(), 1_000, FAILURE_CONCURRENCY).await?;
+    backends[2].go_dark();
+    backends[3].failures_in_ten.store(10, Ordering::Relaxed);
+    let before = client.snapshot();
+    let degraded = drive("two failing", client.clone(), 3_000, FAILURE_CONCURRENCY).await?;
+    print_health(&client, &before, &addrs, &[dark, failing]);
+
+    backends[2].come_back().await?;
+    backends[3].failures_in_ten.store(0, Ordering::Relaxed);
+    let back_at = Instant::now();
+    let before = client.snapshot();
+    let mut recovered = None;
+    for _ in 0..100 {
+        drive_quietly(&client, 100).await?;
+        let now = client.snapshot();
+        let serving = |addr: SocketAddr| {
+            let (Some(then), Some(now)) = (before.endpoint(addr), now.endpoint(addr)) else {
+                return false;
+            };
+            now.availability() == "available"
+                && now.requests - now.failures > then.requests - then.failures
+        };
+        if serving(dark) && serving(failing) {
+            recovered = Some(back_at.elapsed());
+            break;
+        }
+    }
+    match recovered {
+        Some(after) => println!(
+            "\nBoth endpoints serve again {:.1} s after coming back.",
+            after.as_secs_f64()
+        ),
+        None => println!("\nThe endpoints had not returned after 100 rounds of requests."),
+    }
+    let before = client.snapshot();
+    let recovered_run = drive("recovered", client.clone(), 1_000, FAILURE_CONCURRENCY).await?;
+    print_health(&client, &before, &addrs, &[dark, failing]);
+    println!(
+        "\nSuccess rate seen by the caller: {:.2}% healthy, {:.2}% with two endpoints failing, \
+         {:.2}% recovered.",
+        healthy.success_rate(),
+        degraded.success_rate(),
+        recovered_run.success_rate()
+    );
     Ok(())
+}
+
+/// Sends `requests` requests without reporting progress.
+async fn drive_quietly(client: &Client, requests: usize) -> Result<(), BoxError> {
+    let mut results = futures_util::stream::iter(0..requests)
+        .map(|_| async {
+            let rsp = client.get("http://quickstart/").await?;
+            rsp.into_body().collect().await?;
+            Ok::<_, BoxError>(())
+        })
+        .buffer_unordered(FAILURE_CONCURRENCY);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Each endpoint's traffic since `before`, and whether the balancer would pick it now.
+fn print_health(client: &Client, before: &Snapshot, addrs: &[SocketAddr], troubled: &[SocketAddr]) {
+    let now = client.snapshot();
+    println!(
+        "  {:<24}{:>10}{:>10}  {:<34}{:>8}",
+        "endpoint", "requests", "failures", "state", "ejected"
+    );
+    for addr in addrs {
+        let (Some(then), Some(endpoint)) = (before.endpoint(*addr), now.endpoint(*addr)) else {
+            continue;
+        };
+        let label = if troubled.contains(addr) {
+            format!("{addr} *")
+        } else {
+            addr.to_string()
+        };
+        println!(
+            "  {label:<24}{:>10}{:>10}  {:<34}{:>8}",
+            endpoint.requests - then.requests,
+            endpoint.failures - then.failures,
+            endpoint.availability(),
+            endpoint.outlier.times_ejected,
+        );
+    }
 }
 
 fn print_failures(runs: &[Run], flaky: Option<SocketAddr>) {
@@ -418,18 +535,42 @@ impl Backend {
     /// An HTTP/1.1 + h2c backend on loopback that answers after `delay`.
     async fn spawn(delay: Duration) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let failures_in_ten = Arc::new(AtomicU32::new(0));
-        let served = Arc::new(AtomicU64::new(0));
-        let failures = Arc::clone(&failures_in_ten);
-        tokio::spawn(async move {
+        let mut backend = Self {
+            addr: listener.local_addr()?,
+            delay,
+            failures_in_ten: Arc::new(AtomicU32::new(0)),
+            served: Arc::new(AtomicU64::new(0)),
+            dark: Arc::new(AtomicBool::new(false)),
+            accepting: None,
+        };
+        backend.serve(listener);
+        Ok(backend)
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (delay, failures, served, dark) = (
+            self.delay,
+            Arc::clone(&self.failures_in_ten),
+            Arc::clone(&self.served),
+            Arc::clone(&self.dark),
+        );
+        let accepting = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (failures, served) = (Arc::clone(&failures), Arc::clone(&served));
+                let (failures, served, dark) = (
+                    Arc::clone(&failures),
+                    Arc::clone(&served),
+                    Arc::clone(&dark),
+                );
                 tokio::spawn(async move {
                     let service = service_fn(move |_req| {
                         let n = served.fetch_add(1, Ordering::Relaxed);
                         let fail = n % 10 < u64::from(failures.load(Ordering::Relaxed));
+                        let dark = Arc::clone(&dark);
                         async move {
+                            if dark.load(Ordering::Relaxed) {
+                                // Cuts the connection, as a crashed process would.
+                                return Err(std::io::Error::other("gone dark"));
+                            }
                             tokio::time::sleep(delay).await;
                             let status = if fail {
                                 StatusCode::SERVICE_UNAVAILABLE
@@ -439,7 +580,7 @@ impl Backend {
                             let body = Full::new(Bytes::from_static(b"ok"));
                             let mut rsp = hyper::Response::new(body);
                             *rsp.status_mut() = status;
-                            Ok::<_, Infallible>(rsp)
+                            Ok::<_, std::io::Error>(rsp)
                         }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -448,10 +589,33 @@ impl Backend {
                 });
             }
         });
-        Ok(Self {
-            addr,
-            delay,
-            failures_in_ten,
-        })
+        self.accepting = Some(accepting.abort_handle());
+    }
+
+    /// Stops listening (new connections are refused) and cuts open connections.
+    fn go_dark(&mut self) {
+        self.dark.store(true, Ordering::Relaxed);
+        if let Some(accepting) = self.accepting.take() {
+            accepting.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn come_back(&mut self) -> std::io::Result<()> {
+        // The aborted accept loop releases the port when the runtime drops it; retry briefly.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.dark.store(false, Ordering::Relaxed);
+        self.serve(listener);
+        Ok(())
     }
 }
