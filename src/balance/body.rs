@@ -55,6 +55,7 @@ impl Tracker {
         if let Err(overloaded) = context.try_acquire() {
             if admission == Admission::Probe {
                 health.breaker.cancel_probe();
+                context.health_changed();
             }
             return Err(overloaded);
         }

@@ -49,10 +49,10 @@ pub(crate) struct Choice<'t, S> {
 /// Chooses a slot under `constraints`.
 ///
 /// 1. With nothing to avoid, no cap and every endpoint healthy: the picker's plain rule.
-/// 2. Otherwise the picker's rule over healthy endpoints under their cap, avoiding the ones
-///    already tried; then without avoiding them (a repeat beats no attempt).
-/// 3. Panic mode (Envoy's): when fewer than `panic_threshold` percent of the endpoints are
+/// 2. Panic mode (Envoy's): when fewer than `panic_threshold` percent of the endpoints are
 ///    healthy, health is ignored and every endpoint under its cap can be picked.
+/// 3. Otherwise the picker's rule over available endpoints under their cap, avoiding the ones
+///    already tried; then without avoiding them (a repeat beats no attempt).
 pub(crate) fn pick<'t, S>(
     picker: Picker,
     table: &'t Table<S>,
@@ -77,38 +77,40 @@ pub(crate) fn pick<'t, S>(
         return found(plain(picker, table, rng, round_robin));
     }
     let under_cap = |i: usize| max_per_endpoint.is_none_or(|max| slots[i].load.in_flight() < max);
-    let healthy = |i: usize| slots[i].health.is_available(now);
+    let available = |i: usize| slots[i].health.is_available(now);
     let fresh = |i: usize| !avoid.contains(&slots[i].endpoint.addr());
-    if !avoid.is_empty()
-        && let Some(i) = pick_allowed(picker, table, rng, round_robin, true, |i| {
-            fresh(i) && under_cap(i) && healthy(i)
-        })
-    {
-        return found(&slots[i]);
-    }
     let retry = !avoid.is_empty();
-    if let Some(i) = pick_allowed(picker, table, rng, round_robin, retry, |i| {
-        under_cap(i) && healthy(i)
-    }) {
-        return found(&slots[i]);
-    }
+    // One draw per pick, shared by every pass below: a round-robin turn is taken once.
+    let draw = match picker {
+        // A retry's pick takes no turn: with two endpoints, the failing one would otherwise
+        // receive every first attempt.
+        Picker::RoundRobin if !retry => round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        Picker::Weighted => weighted_index(table, rng),
+        _ => rng.below(n),
+    };
+    let allowed = |filter: &dyn Fn(usize) -> bool| pick_allowed(picker, table, rng, draw, filter);
     let healthy_percent = 100 * (n - unhealthy.min(n)) / n;
-    if panic_threshold > 0 && healthy_percent < usize::from(panic_threshold) {
-        let any = pick_allowed(picker, table, rng, round_robin, retry, |i| {
-            fresh(i) && under_cap(i)
-        })
-        .or_else(|| pick_allowed(picker, table, rng, round_robin, retry, under_cap));
-        if let Some(i) = any {
-            return Ok(Choice {
-                slot: &slots[i],
-                panic: true,
-            });
-        }
-    }
-    if (0..n).all(|i| !under_cap(i)) {
-        Err(NoPick::AtCapacity)
+    let panic =
+        panic_threshold > 0 && unhealthy > 0 && healthy_percent < usize::from(panic_threshold);
+    let choice = if panic {
+        // Envoy's panic mode: too few endpoints are healthy to carry the traffic, so spread it
+        // over all of them, health ignored (caps still hold).
+        allowed(&|i| fresh(i) && under_cap(i)).or_else(|| allowed(&under_cap))
     } else {
-        Err(NoPick::Unhealthy)
+        (if retry {
+            allowed(&|i| fresh(i) && under_cap(i) && available(i))
+        } else {
+            None
+        })
+        .or_else(|| allowed(&|i| under_cap(i) && available(i)))
+    };
+    match choice {
+        Some(i) => Ok(Choice {
+            slot: &slots[i],
+            panic,
+        }),
+        None if (0..n).all(|i| !under_cap(i)) => Err(NoPick::AtCapacity),
+        None => Err(NoPick::Unhealthy),
     }
 }
 
@@ -140,31 +142,24 @@ fn plain<'t, S>(
     }
 }
 
-/// The picker's rule restricted to slots where `allowed` holds; `None` if it holds nowhere.
+/// The picker's rule restricted to slots where `allowed` holds, starting from the pick's `draw`;
+/// `None` if it holds nowhere.
 ///
-/// Each draw that lands on a slot that is not allowed moves on to the next allowed slot in table
-/// order. That tilts the choice toward slots that follow excluded ones, which is acceptable for
-/// the rare requests (retries) that exclude anything.
+/// A draw that lands on a slot that is not allowed moves on to the next allowed slot in table
+/// order. That tilts the choice toward slots that follow excluded ones; with P2C the second
+/// candidate is drawn at random again, which keeps the tilt small.
 fn pick_allowed<S>(
     picker: Picker,
     table: &Table<S>,
     rng: &Rng,
-    round_robin: &AtomicUsize,
-    retry: bool,
-    allowed: impl Fn(usize) -> bool,
+    draw: usize,
+    allowed: &dyn Fn(usize) -> bool,
 ) -> Option<usize> {
     let n = table.slots.len();
     let next_allowed = |from: usize, except: Option<usize>| {
         (0..n)
             .map(|k| (from + k) % n)
             .find(|&i| Some(i) != except && allowed(i))
-    };
-    let draw = match picker {
-        // A retry's pick must not take a turn: with two endpoints, the failing one would then
-        // receive every first attempt.
-        Picker::RoundRobin if !retry => round_robin.fetch_add(1, Ordering::Relaxed) % n,
-        Picker::Weighted => weighted_index(table, rng),
-        _ => rng.below(n),
     };
     let first = next_allowed(draw, None)?;
     let cost: fn(&Slot<S>, Instant) -> f64 = match picker {

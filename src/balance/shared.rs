@@ -117,6 +117,7 @@ impl<S> Shared<S> {
         self.discovery.last_error.store(None);
         self.discovery.updates.fetch_add(1, Ordering::Relaxed);
         self.recount();
+        self.failing_fast.store(false, Ordering::Relaxed);
         self.context.changed.notify_waiters();
     }
 
@@ -152,8 +153,11 @@ impl<S> Shared<S> {
             .iter()
             .filter(|s| !s.health.is_healthy(now))
             .count();
-        self.unhealthy.store(unhealthy, Ordering::Relaxed);
-        self.failing_fast.store(false, Ordering::Relaxed);
+        let before = self.unhealthy.swap(unhealthy, Ordering::Relaxed);
+        if unhealthy < before {
+            // Something came back: let requests wait for endpoints again.
+            self.failing_fast.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Picks an endpoint from the current table.
@@ -193,6 +197,9 @@ impl<S> Shared<S> {
             };
             if choice.panic {
                 self.context.panics.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.failing_fast.load(Ordering::Relaxed) {
+                self.failing_fast.store(false, Ordering::Relaxed);
             }
             return Ok(Picked {
                 addr: slot.endpoint.addr(),
