@@ -28,6 +28,7 @@
 //! | [`load`] | PeakEWMA and in-flight load |
 //! | [`http`] | per-endpoint hyper-util clients and the batteries-included [`Client`] |
 //! | [`identity`] | SPIFFE IDs |
+//! | `tls` (feature `tls`) | SPIFFE trust bundles, SVIDs, X.509-SVID verification for rustls |
 //! | [`error`] | typed errors, downcastable from [`BoxError`] |
 //! | [`telemetry`] | snapshots of endpoint state |
 //!
@@ -35,6 +36,8 @@
 //!
 //! - `tonic`: errors carry a `tonic::Status` as their source, so tonic generated clients report
 //!   `UNAVAILABLE` instead of `UNKNOWN`.
+//! - `tls`: mTLS with SPIFFE identities on rustls (ring provider): trust bundles (PEM and SPIFFE
+//!   bundle JSON), SVIDs, and X.509-SVID verification.
 //!
 //! A tokio runtime is required: building a client spawns its discovery driver.
 
@@ -53,6 +56,8 @@ pub mod outlier;
 pub mod retry;
 mod rng;
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use error::BoxError;
 pub use http::Client;
