@@ -132,10 +132,15 @@ impl Classify for DefaultClassify {
     }
 }
 
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` in a header map, if present and numeric.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    if headers.is_empty() {
+        return None;
+    }
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()

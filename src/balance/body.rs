@@ -51,6 +51,7 @@ impl Tracker {
         health: Arc<Health>,
         admission: Admission,
         context: Arc<Accounting>,
+        now: Instant,
     ) -> Result<Self, Overloaded> {
         if let Err(overloaded) = context.try_acquire() {
             if admission == Admission::Probe {
@@ -66,7 +67,7 @@ impl Tracker {
             health,
             admission,
             context,
-            start: Instant::now(),
+            start: now,
             sampled: false,
             outcome: None,
         })
@@ -78,22 +79,20 @@ impl Tracker {
     }
 
     /// The first response frame arrived (or the body turned out empty): the round trip.
-    fn first_frame(&mut self) {
+    fn first_frame(&mut self, now: Instant) {
         if !self.sampled {
             self.sampled = true;
-            let now = Instant::now();
             self.load.observe_success(now - self.start, now);
         }
     }
 
     /// Records the request's outcome, once; a failure is counted and charged at least the
     /// failure penalty instead of its round trip.
-    pub(crate) fn complete(&mut self, outcome: Outcome) {
+    pub(crate) fn complete(&mut self, outcome: Outcome, now: Instant) {
         if self.outcome.is_some() {
             return;
         }
         self.outcome = Some(outcome);
-        let now = Instant::now();
         if outcome.is_failure() {
             self.sampled = true;
             self.load.observe_failure(now - self.start, now);
@@ -113,24 +112,24 @@ impl Tracker {
     }
 
     /// Classifies response headers, completing the request unless the trailers will decide.
-    pub(crate) fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+    pub(crate) fn response(&mut self, status: StatusCode, headers: &HeaderMap, now: Instant) {
         if let Some(outcome) = self.context.classify.classify_response(status, headers) {
-            self.complete(outcome);
+            self.complete(outcome, now);
         }
     }
 
     /// Classifies an error from the endpoint's client.
-    pub(crate) fn error(&mut self, error: &(dyn std::error::Error + 'static)) {
+    pub(crate) fn error(&mut self, error: &(dyn std::error::Error + 'static), now: Instant) {
         let outcome = self.context.classify.classify_error(error);
-        self.complete(outcome);
+        self.complete(outcome, now);
     }
 
     /// The response ended, with its trailers if it had any.
-    fn end(&mut self, trailers: Option<&HeaderMap>) {
-        self.first_frame();
+    fn end(&mut self, trailers: Option<&HeaderMap>, now: Instant) {
+        self.first_frame(now);
         if self.outcome.is_none() {
             let outcome = self.context.classify.classify_end(trailers);
-            self.complete(outcome);
+            self.complete(outcome, now);
         }
     }
 }
@@ -183,9 +182,10 @@ pin_project_lite::pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut tracker: Tracker) -> Self {
+    /// Wraps `inner`, whose headers arrived at `now`.
+    pub(crate) fn new(inner: B, mut tracker: Tracker, now: Instant) -> Self {
         let tracker = if inner.is_end_stream() {
-            tracker.end(None);
+            tracker.end(None, now);
             None
         } else {
             Some(tracker)
@@ -210,14 +210,15 @@ impl<B: Body> Body for ResponseBody<B> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(tracker) = this.tracker {
+            let now = Instant::now();
             match &frame {
                 Some(Ok(frame)) => match frame.trailers_ref() {
-                    Some(trailers) => tracker.end(Some(trailers)),
-                    None if this.inner.is_end_stream() => tracker.end(None),
-                    None => tracker.first_frame(),
+                    Some(trailers) => tracker.end(Some(trailers), now),
+                    None if this.inner.is_end_stream() => tracker.end(None, now),
+                    None => tracker.first_frame(now),
                 },
-                Some(Err(_)) => tracker.complete(Outcome::LocalOrigin(LocalOrigin::Reset)),
-                None => tracker.end(None),
+                Some(Err(_)) => tracker.complete(Outcome::LocalOrigin(LocalOrigin::Reset), now),
+                None => tracker.end(None, now),
             }
             if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
                 *this.tracker = None;

@@ -123,6 +123,7 @@ where
             picked.health,
             picked.admission,
             picked.context,
+            picked.now,
         ) {
             Ok(tracker) => State::Calling {
                 tracker: Some(tracker),
@@ -223,7 +224,10 @@ where
                             let Some(mut tracker) = tracker.take() else {
                                 return Poll::Ready(Err(polled_after_completion()));
                             };
-                            tracker.complete(Outcome::LocalOrigin(LocalOrigin::Timeout));
+                            tracker.complete(
+                                Outcome::LocalOrigin(LocalOrigin::Timeout),
+                                Instant::now(),
+                            );
                             let error = EndpointError::timeout(*addr, tracker.elapsed());
                             tracing::debug!(%error, "attempt timed out");
                             return Poll::Ready(Err(error.into()));
@@ -234,17 +238,18 @@ where
                     };
                     return Poll::Ready(match result {
                         Ok(response) => {
-                            tracker.response(response.status(), response.headers());
+                            let now = Instant::now();
+                            tracker.response(response.status(), response.headers(), now);
                             let (mut parts, body) = response.into_parts();
                             parts.extensions.insert(ServedBy(*addr));
                             Ok(Response::from_parts(
                                 parts,
-                                ResponseBody::new(body, tracker),
+                                ResponseBody::new(body, tracker, now),
                             ))
                         }
                         Err(error) => {
                             let error = EndpointError::new(*addr, error.into());
-                            tracker.error(&error);
+                            tracker.error(&error, Instant::now());
                             tracing::debug!(%error, "endpoint failed");
                             Err(error.into())
                         }

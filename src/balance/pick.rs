@@ -74,7 +74,7 @@ pub(crate) fn pick<'t, S>(
         now,
     } = constraints;
     if avoid.is_empty() && max_per_endpoint.is_none() && unhealthy == 0 {
-        return found(plain(picker, table, rng, round_robin));
+        return found(plain(picker, table, rng, round_robin, now));
     }
     let under_cap = |i: usize| max_per_endpoint.is_none_or(|max| slots[i].load.in_flight() < max);
     let available = |i: usize| slots[i].health.is_available(now);
@@ -120,6 +120,7 @@ fn plain<'t, S>(
     table: &'t Table<S>,
     rng: &Rng,
     round_robin: &AtomicUsize,
+    now: Instant,
 ) -> &'t Arc<Slot<S>> {
     let slots = &table.slots;
     let n = slots.len();
@@ -127,12 +128,9 @@ fn plain<'t, S>(
         return &slots[0];
     }
     match picker {
-        Picker::P2cPeakEwma => {
-            let now = Instant::now();
-            p2c(slots, rng, |slot| {
-                slot.load.peak_ewma_cost(now, slot.endpoint.weight())
-            })
-        }
+        Picker::P2cPeakEwma => p2c(slots, rng, |slot| {
+            slot.load.peak_ewma_cost(now, slot.endpoint.weight())
+        }),
         Picker::P2cLeastRequest => p2c(slots, rng, |slot| {
             slot.load.in_flight_cost(slot.endpoint.weight())
         }),

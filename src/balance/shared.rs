@@ -208,6 +208,7 @@ impl<S> Shared<S> {
                 health: Arc::clone(&slot.health),
                 admission,
                 context: Arc::clone(&self.context),
+                now,
             });
         }
         Err(NoPick::Unhealthy)
@@ -244,6 +245,8 @@ pub(crate) struct Picked<S> {
     pub(crate) health: Arc<Health>,
     pub(crate) admission: Admission,
     pub(crate) context: Arc<Accounting>,
+    /// When it was picked: the request's start.
+    pub(crate) now: tokio::time::Instant,
 }
 
 /// Counters and the last error of the discovery source, shown in snapshots.

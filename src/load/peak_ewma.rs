@@ -68,7 +68,8 @@ impl PeakEwma {
 
     /// Records one round-trip time measured at `now`.
     pub fn observe(&self, rtt: Duration, now: Instant) {
-        let sample = rtt.as_nanos() as f32;
+        // Through f64: converting the u128 of `as_nanos` is a slow software routine.
+        let sample = (rtt.as_secs_f64() * 1e9) as f32;
         let now_ms = self.millis(now);
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
@@ -117,6 +118,9 @@ impl PeakEwma {
     }
 
     fn weight(&self, elapsed_ms: u32) -> f64 {
+        if elapsed_ms == 0 {
+            return 1.0;
+        }
         (-f64::from(elapsed_ms) / self.decay_ms).exp()
     }
 

@@ -259,8 +259,7 @@ where
     policy.budget.on_request();
 
     let (parts, body) = request.into_parts();
-    let started = Instant::now();
-    let deadline = policy.deadline.map(|d| started + d);
+    let deadline = policy.deadline.map(|d| Instant::now() + d);
     let grpc = parts
         .headers
         .get(http::header::CONTENT_TYPE)
