@@ -79,6 +79,8 @@ impl Client {
             origin: None,
             balance: BalanceConfig::default(),
             retry: RetryPolicy::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
             connect_timeout: Duration::from_secs(1),
             http2_only: false,
             http2_keep_alive: Some(Duration::from_secs(20)),
@@ -152,6 +154,8 @@ pub struct ClientBuilder<D> {
     origin: Option<String>,
     balance: BalanceConfig,
     retry: RetryPolicy,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ClientTls>,
     connect_timeout: Duration,
     http2_only: bool,
     http2_keep_alive: Option<Duration>,
@@ -166,6 +170,8 @@ impl<D> ClientBuilder<D> {
             origin: self.origin,
             balance: self.balance,
             retry: self.retry,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
             connect_timeout: self.connect_timeout,
             http2_only: self.http2_only,
             http2_keep_alive: self.http2_keep_alive,
@@ -189,6 +195,16 @@ impl<D> ClientBuilder<D> {
     /// Sets the retry policy (budget, backoff, replay); `max_attempts(1)` turns retries off.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Uses mTLS with SPIFFE identities: with every endpoint that has an expected identity, or
+    /// with all of them in strict mode (see [`ClientTls`](crate::tls::ClientTls)). The HTTP
+    /// version is then negotiated by ALPN; the server's verified identity is in each response's
+    /// extensions as a [`PeerIdentity`](crate::tls::PeerIdentity).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -274,6 +290,10 @@ impl<D: Discover> ClientBuilder<D> {
         let mut clients = EndpointClients::with_connector(builder, connector);
         if let Some(origin) = origin {
             clients = clients.origin(origin);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls {
+            clients = clients.tls(tls);
         }
         let balance = Balance::new(self.discover, clients, self.balance)?;
         Ok(Client {

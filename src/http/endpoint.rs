@@ -93,6 +93,8 @@ pub struct EndpointClients<B, C = HttpConnector> {
     builder: legacy::Builder,
     connector: C,
     origin: Option<Origin>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ClientTls>,
     _body: PhantomData<fn(B)>,
 }
 
@@ -113,8 +115,17 @@ impl<B, C> EndpointClients<B, C> {
             builder,
             connector,
             origin: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             _body: PhantomData,
         }
+    }
+
+    /// Uses mTLS with the endpoints that need it (see [`ClientTls`](crate::tls::ClientTls)).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the origin given to requests whose URI has no scheme and authority.
@@ -132,6 +143,8 @@ impl<B, C: Clone> Clone for EndpointClients<B, C> {
             builder: self.builder.clone(),
             connector: self.connector.clone(),
             origin: self.origin.clone(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
             _body: PhantomData,
         }
     }
@@ -157,11 +170,12 @@ where
     type Service = EndpointClient<B, C>;
 
     fn make_endpoint(&self, endpoint: &Endpoint) -> Self::Service {
+        let connector = PinnedConnector::new(self.connector.clone(), endpoint.addr());
+        #[cfg(feature = "tls")]
+        let connector =
+            connector.with_tls(self.tls.as_ref().and_then(|tls| tls.for_endpoint(endpoint)));
         EndpointClient {
-            client: self.builder.build(PinnedConnector::new(
-                self.connector.clone(),
-                endpoint.addr(),
-            )),
+            client: self.builder.build(connector),
             addr: endpoint.addr(),
             origin: self.origin.clone(),
         }

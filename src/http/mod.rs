@@ -27,5 +27,5 @@ mod connector;
 mod endpoint;
 
 pub use client::{Client, ClientBody, ClientBuilder};
-pub use connector::PinnedConnector;
+pub use connector::{Conn, PinnedConnector};
 pub use endpoint::{EndpointClient, EndpointClients, EndpointFuture, Origin};

@@ -88,7 +88,9 @@
 //! ```
 
 mod bundle;
+mod client;
 mod error;
+mod identity;
 mod policy;
 mod svid;
 mod verify;
@@ -98,7 +100,10 @@ mod x509;
 mod tests;
 
 pub use bundle::{TrustBundle, TrustBundleSet};
+pub use client::ClientTls;
+pub(crate) use client::{EndpointTls, TlsConn};
 pub use error::{TlsError, VerifyError};
+pub use identity::{Identity, PeerIdentity};
 pub use policy::IdentityPolicy;
 pub use svid::Svid;
 
