@@ -11,6 +11,11 @@
 //! | [`IdentityPolicy`] | which peer SPIFFE IDs are acceptable |
 //! | [`VerifyError`] | why a peer's chain was refused |
 //! | [`TlsError`] | why a certificate, key or bundle could not be loaded |
+//! | [`Identity`] | a workload's SVID and trust bundles, in swap cells for rotation |
+//! | [`ClientTls`] | mTLS for the balancer's per-endpoint connections |
+//! | [`TlsAcceptor`] | mTLS for servers: client SVIDs required (or optional in permissive mode) |
+//! | [`AuthorizeLayer`] | an allow policy over callers' identities: 403 or `PERMISSION_DENIED` |
+//! | [`PeerIdentity`] | the verified identity of a connection's peer, in request or response extensions |
 //!
 //! # Verifying a peer
 //!
@@ -87,29 +92,33 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod authorize;
 mod bundle;
 mod client;
 mod error;
 mod identity;
 mod policy;
+mod server;
 mod svid;
 mod verify;
 mod x509;
 
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod tests;
 
+pub use authorize::{Authorize, AuthorizeFuture, AuthorizeLayer};
 pub use bundle::{TrustBundle, TrustBundleSet};
 pub use client::ClientTls;
 pub(crate) use client::{EndpointTls, TlsConn};
 pub use error::{TlsError, VerifyError};
 pub use identity::{Identity, PeerIdentity};
 pub use policy::IdentityPolicy;
+pub use server::{AcceptError, Accepted, TlsAcceptor, WithPeerIdentity};
 pub use svid::Svid;
 
 // The names the connector, acceptor and Authorize layer build on.
-#[allow(unused_imports)]
-pub(crate) use verify::{
-    SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier, Usage, spiffe_id_of_verified,
-    verify_svid, verify_svid_with,
-};
+pub(crate) use verify::{SharedBundles, SpiffeServerVerifier, spiffe_id_of_verified};
+#[cfg(test)]
+pub(crate) use verify::{SpiffeClientVerifier, Usage, verify_svid};

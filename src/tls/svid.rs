@@ -155,8 +155,6 @@ impl Svid {
 
     /// The chain and signing key, as rustls certificate resolvers hand them out. The same `Arc`
     /// for every call on one `Svid` (and its clones).
-    // Used by the connector and acceptor built on this module, not yet by the crate itself.
-    #[allow(dead_code)]
     pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
         Arc::clone(&self.certified)
     }

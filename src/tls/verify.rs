@@ -35,8 +35,7 @@ pub(crate) type SharedBundles = Arc<ArcSwap<TrustBundleSet>>;
 /// Signatures are checked with the ring provider's algorithms; see [`verify_svid_with`] for the
 /// order of checks.
 // Used by the connector and acceptor built on this module; the verifiers call
-// `verify_svid_with` with their own provider.
-#[allow(dead_code)]
+#[cfg(test)]
 pub(crate) fn verify_svid(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -198,16 +197,12 @@ fn chain_error(error: webpki::Error, trust_domain: &TrustDomain) -> ChainError {
 /// is ignored: SVIDs hold a URI and no DNS/IP names, so dialing an IP address is fine. Bundles
 /// are read from the swap cell on every handshake.
 #[derive(Debug)]
-// Used by the client connector built on this module.
-#[allow(dead_code)]
 pub(crate) struct SpiffeServerVerifier {
     bundles: SharedBundles,
     policy: IdentityPolicy,
     provider: Arc<CryptoProvider>,
 }
 
-// Used by the client connector built on this module.
-#[allow(dead_code)]
 impl SpiffeServerVerifier {
     pub(crate) fn new(
         bundles: SharedBundles,
@@ -222,6 +217,7 @@ impl SpiffeServerVerifier {
     }
 
     /// The identity policy the server must satisfy.
+    #[cfg(test)]
     pub(crate) fn policy(&self) -> &IdentityPolicy {
         &self.policy
     }
@@ -296,8 +292,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// while a client that does present one must still pass verification. Sends no CA names in its
 /// certificate request.
 #[derive(Debug)]
-// Used by the server acceptor built on this module.
-#[allow(dead_code)]
 pub(crate) struct SpiffeClientVerifier {
     bundles: SharedBundles,
     policy: IdentityPolicy,
@@ -305,8 +299,6 @@ pub(crate) struct SpiffeClientVerifier {
     mandatory: bool,
 }
 
-// Used by the server acceptor built on this module.
-#[allow(dead_code)]
 impl SpiffeClientVerifier {
     pub(crate) fn new(
         bundles: SharedBundles,
@@ -320,11 +312,6 @@ impl SpiffeClientVerifier {
             provider,
             mandatory,
         }
-    }
-
-    /// The identity policy clients must satisfy.
-    pub(crate) fn policy(&self) -> &IdentityPolicy {
-        &self.policy
     }
 }
 
@@ -399,8 +386,6 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// The SPIFFE ID of a certificate that has **already been verified** (for example the first of
 /// `peer_certificates()` after a handshake with one of the verifiers above): only the URI
 /// subjectAltName rules are applied, no chain or leaf rule.
-// Used by the acceptor and the Authorize layer built on this module.
-#[allow(dead_code)]
 pub(crate) fn spiffe_id_of_verified(
     end_entity: &CertificateDer<'_>,
 ) -> Result<SpiffeId, VerifyError> {
