@@ -165,6 +165,9 @@ impl TlsAcceptor {
     /// identity. Never panics; every failure is an [`AcceptError`].
     pub async fn accept(&self, stream: TcpStream) -> Result<Accepted, AcceptError> {
         let remote_addr = stream.peer_addr().ok();
+        // A handshake is a few small flights each way: with Nagle's algorithm on, a flight can
+        // wait for the peer's delayed ACK (tens of milliseconds per connection).
+        let _ = stream.set_nodelay(true);
         let timeout = self.handshake_timeout;
         match tokio::time::timeout(timeout, self.accept_inner(stream, remote_addr)).await {
             Ok(result) => result,
