@@ -56,7 +56,7 @@ impl Identity {
 
     /// Presents `svid` from the next handshake on.
     pub fn rotate_svid(&self, svid: Svid) {
-        tracing::info!(
+        tracing::debug!(
             id = %svid.spiffe_id(),
             serial = %svid.serial_hex(),
             "identity: new SVID"
@@ -66,7 +66,7 @@ impl Identity {
 
     /// Verifies peers against `bundles` from the next handshake on.
     pub fn rotate_bundles(&self, bundles: TrustBundleSet) {
-        tracing::info!(trust_domains = bundles.len(), "identity: new trust bundles");
+        tracing::debug!(trust_domains = bundles.len(), "identity: new trust bundles");
         self.bundles.store(Arc::new(bundles));
     }
 

@@ -16,6 +16,7 @@
 //! | [`TlsAcceptor`] | mTLS for servers: client SVIDs required (or optional in permissive mode) |
 //! | [`AuthorizeLayer`] | an allow policy over callers' identities: 403 or `PERMISSION_DENIED` |
 //! | [`PeerIdentity`] | the verified identity of a connection's peer, in request or response extensions |
+//! | [`Rotation`] | reloads an [`Identity`] from files or an [`IdentitySource`] on an interval |
 //!
 //! # Verifying a peer
 //!
@@ -98,6 +99,7 @@ mod client;
 mod error;
 mod identity;
 mod policy;
+mod rotation;
 mod server;
 mod svid;
 mod verify;
@@ -115,6 +117,9 @@ pub(crate) use client::{EndpointTls, TlsConn};
 pub use error::{TlsError, VerifyError};
 pub use identity::{Identity, PeerIdentity};
 pub use policy::IdentityPolicy;
+pub use rotation::{
+    FileIdentity, IdentitySource, Rotation, RotationError, RotationHandle, RotationStats, reload,
+};
 pub use server::{AcceptError, Accepted, TlsAcceptor, WithPeerIdentity};
 pub use svid::Svid;
 
