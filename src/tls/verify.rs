@@ -190,6 +190,64 @@ fn chain_error(error: webpki::Error, trust_domain: &TrustDomain) -> ChainError {
     }
 }
 
+/// What both rustls verifiers share: the bundles, the policy and the signature algorithms.
+#[derive(Debug)]
+struct SvidChecker {
+    bundles: SharedBundles,
+    policy: IdentityPolicy,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SvidChecker {
+    /// Verifies a chain as an SVID for `usage`, reading the bundles current at this handshake.
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        usage: Usage,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let bundles = self.bundles.load();
+        verify_svid_with(
+            end_entity,
+            intermediates,
+            &bundles,
+            usage,
+            &self.policy,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )
+        .map(drop)
+        .map_err(to_rustls_error)
+    }
+
+    fn tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// A rustls `ServerCertVerifier` for SPIFFE: used by a client to verify the server's X.509-SVID.
 ///
 /// One verifier per expected identity (per endpoint): the policy is fixed at construction, since
@@ -198,9 +256,7 @@ fn chain_error(error: webpki::Error, trust_domain: &TrustDomain) -> ChainError {
 /// are read from the swap cell on every handshake.
 #[derive(Debug)]
 pub(crate) struct SpiffeServerVerifier {
-    bundles: SharedBundles,
-    policy: IdentityPolicy,
-    provider: Arc<CryptoProvider>,
+    checker: SvidChecker,
 }
 
 impl SpiffeServerVerifier {
@@ -210,16 +266,18 @@ impl SpiffeServerVerifier {
         provider: Arc<CryptoProvider>,
     ) -> Self {
         Self {
-            bundles,
-            policy,
-            provider,
+            checker: SvidChecker {
+                bundles,
+                policy,
+                provider,
+            },
         }
     }
 
     /// The identity policy the server must satisfy.
     #[cfg(test)]
     pub(crate) fn policy(&self) -> &IdentityPolicy {
-        &self.policy
+        &self.checker.policy
     }
 }
 
@@ -232,17 +290,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let bundles = self.bundles.load();
-        verify_svid_with(
-            end_entity,
-            intermediates,
-            &bundles,
-            Usage::Server,
-            &self.policy,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )
-        .map_err(to_rustls_error)?;
+        self.checker
+            .verify(end_entity, intermediates, Usage::Server, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -252,12 +301,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checker.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -266,18 +310,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checker.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.checker.schemes()
     }
 
     fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
@@ -293,9 +330,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// certificate request.
 #[derive(Debug)]
 pub(crate) struct SpiffeClientVerifier {
-    bundles: SharedBundles,
-    policy: IdentityPolicy,
-    provider: Arc<CryptoProvider>,
+    checker: SvidChecker,
     mandatory: bool,
 }
 
@@ -307,9 +342,11 @@ impl SpiffeClientVerifier {
         mandatory: bool,
     ) -> Self {
         Self {
-            bundles,
-            policy,
-            provider,
+            checker: SvidChecker {
+                bundles,
+                policy,
+                provider,
+            },
             mandatory,
         }
     }
@@ -334,17 +371,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundles = self.bundles.load();
-        verify_svid_with(
-            end_entity,
-            intermediates,
-            &bundles,
-            Usage::Client,
-            &self.policy,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )
-        .map_err(to_rustls_error)?;
+        self.checker
+            .verify(end_entity, intermediates, Usage::Client, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -354,12 +382,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checker.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -368,18 +391,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checker.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.checker.schemes()
     }
 }
 
