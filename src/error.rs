@@ -309,6 +309,24 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
+/// The longest accepted duration for any setting: beyond it a value is surely a unit mistake.
+const MAX_SETTING: Duration = Duration::from_secs(3_600);
+
+/// Checks that the setting `name` lies between `min` and one hour.
+pub(crate) fn check_duration(name: &str, value: Duration, min: Duration) -> Result<(), BuildError> {
+    if value >= min && value <= MAX_SETTING {
+        return Ok(());
+    }
+    let range = if min.is_zero() {
+        "at most 1h".to_owned()
+    } else {
+        format!("between {min:?} and 1h")
+    };
+    Err(BuildError::InvalidConfig(format!(
+        "{name} is {value:?}; it must be {range}"
+    )))
+}
+
 /// Joins an error and its sources into one line: `outer: cause: root cause`.
 pub(crate) fn chain_message(error: &(dyn std::error::Error + 'static)) -> String {
     let mut message = error.to_string();

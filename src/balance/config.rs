@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
 use crate::classify::{Classify, DefaultClassify};
-use crate::error::BuildError;
+use crate::error::{BuildError, check_duration};
 use crate::outlier::OutlierConfig;
 
 /// How the balancer chooses an endpoint for each request.
@@ -174,9 +174,6 @@ pub struct BalanceConfigBuilder {
     config: BalanceConfig,
 }
 
-/// Longest accepted duration for any setting: beyond it a value is surely a unit mistake.
-const MAX_SETTING: Duration = Duration::from_secs(3_600);
-
 impl BalanceConfigBuilder {
     /// Sets the picking rule (default [`Picker::P2cPeakEwma`]).
     pub fn picker(mut self, picker: Picker) -> Self {
@@ -265,10 +262,10 @@ impl BalanceConfigBuilder {
     /// Checks every setting and returns the config, or says which setting is out of range.
     pub fn build(self) -> Result<BalanceConfig, BuildError> {
         let c = &self.config;
-        check_range("default_rtt", c.default_rtt, Duration::from_micros(1))?;
-        check_range("decay", c.decay, Duration::from_millis(1))?;
-        check_range("failure_penalty", c.failure_penalty, Duration::ZERO)?;
-        check_range("no_endpoint_timeout", c.no_endpoint_timeout, Duration::ZERO)?;
+        check_duration("default_rtt", c.default_rtt, Duration::from_micros(1))?;
+        check_duration("decay", c.decay, Duration::from_millis(1))?;
+        check_duration("failure_penalty", c.failure_penalty, Duration::ZERO)?;
+        check_duration("no_endpoint_timeout", c.no_endpoint_timeout, Duration::ZERO)?;
         if !(1..=1_000_000).contains(&c.max_requests) {
             return Err(BuildError::InvalidConfig(format!(
                 "max_requests is {}; it must be between 1 and 1000000",
@@ -290,15 +287,6 @@ impl BalanceConfigBuilder {
         }
         Ok(self.config)
     }
-}
-
-fn check_range(name: &str, value: Duration, min: Duration) -> Result<(), BuildError> {
-    if value < min || value > MAX_SETTING {
-        return Err(BuildError::InvalidConfig(format!(
-            "{name} is {value:?}; it must be between {min:?} and {MAX_SETTING:?}"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

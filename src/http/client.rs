@@ -16,7 +16,7 @@ use super::{EndpointClient, EndpointClients, Origin};
 use crate::BoxError;
 use crate::balance::{Balance, BalanceConfig, ResponseBody};
 use crate::discover::Discover;
-use crate::error::BuildError;
+use crate::error::{BuildError, check_duration};
 use crate::retry::{ReplayBody, ResponseFuture, Retry, RetryLayer, RetryPolicy};
 use crate::telemetry::Snapshot;
 
@@ -250,25 +250,14 @@ impl<D: Discover> ClientBuilder<D> {
         B: http_body::Body + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let hour = Duration::from_secs(3_600);
-        if self.connect_timeout < Duration::from_millis(1) || self.connect_timeout > hour {
-            return Err(BuildError::InvalidConfig(format!(
-                "connect_timeout is {:?}; it must be between 1ms and 1h",
-                self.connect_timeout
-            )));
-        }
-        if self.pool_idle_timeout > hour {
-            return Err(BuildError::InvalidConfig(format!(
-                "pool_idle_timeout is {:?}; it must be at most 1h",
-                self.pool_idle_timeout
-            )));
-        }
-        if let Some(interval) = self.http2_keep_alive
-            && (interval < Duration::from_secs(1) || interval > hour)
-        {
-            return Err(BuildError::InvalidConfig(format!(
-                "http2_keep_alive is {interval:?}; it must be between 1s and 1h"
-            )));
+        check_duration(
+            "connect_timeout",
+            self.connect_timeout,
+            Duration::from_millis(1),
+        )?;
+        check_duration("pool_idle_timeout", self.pool_idle_timeout, Duration::ZERO)?;
+        if let Some(interval) = self.http2_keep_alive {
+            check_duration("http2_keep_alive", interval, Duration::from_secs(1))?;
         }
         let origin = self.origin.as_deref().map(Origin::parse).transpose()?;
 

@@ -9,7 +9,9 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use super::backoff::Backoff;
 use super::budget::{GrpcThrottle, RetryBudget, TpsBudget, Unlimited};
 use crate::BoxError;
-use crate::error::{BuildError, EndpointError, EndpointErrorKind, NoEndpoint, Overloaded};
+use crate::error::{
+    BuildError, EndpointError, EndpointErrorKind, NoEndpoint, Overloaded, check_duration,
+};
 
 /// gRPC's UNAVAILABLE status code.
 const GRPC_UNAVAILABLE: u16 = 14;
@@ -265,25 +267,15 @@ impl RetryPolicyBuilder {
                 p.max_attempts
             )));
         }
-        let hour = Duration::from_secs(3_600);
         for (name, value) in [
             ("per_try_timeout", p.per_try_timeout),
             ("deadline", p.deadline),
         ] {
-            if let Some(value) = value
-                && (value < Duration::from_millis(1) || value > hour)
-            {
-                return Err(invalid(format!(
-                    "{name} is {value:?}; it must be between 1ms and 1h"
-                )));
+            if let Some(value) = value {
+                check_duration(name, value, Duration::from_millis(1))?;
             }
         }
-        if p.max_retry_after > hour {
-            return Err(invalid(format!(
-                "max_retry_after is {:?}; it must be at most 1h",
-                p.max_retry_after
-            )));
-        }
+        check_duration("max_retry_after", p.max_retry_after, Duration::ZERO)?;
         if p.replay_cap > 16 * 1024 * 1024 {
             return Err(invalid(format!(
                 "replay_cap is {} bytes; it must be at most 16 MiB",
