@@ -29,17 +29,21 @@
 //! backend received (for traffic shares and retry amplification). During open loops the counts
 //! are sampled every 100 ms for the traffic-share-over-time charts.
 //!
-//! Scenarios: `homogeneous` over HTTP/1.1 and HTTP/2 (pure overhead); `one_slow` (one backend
-//! 10 ms, the others 1 ms) and `nine_fast` (the same without the slow one, the reference for its
-//! p99); `one_503`, `one_refusing`, `one_hanging` (one bad backend of N; open loop only, every
-//! variant with a 250 ms per-try timeout where it has one); `churn` (every 500 ms a new backend
-//! joins through discovery and an old one leaves, then stops; variants with discovery only).
+//! Scenarios: `homogeneous` over HTTP/1.1 (closed loop and open loop), `homogeneous_4x` (open
+//! loop at four times the rate) and `homogeneous_h2` over HTTP/2 (pure overhead); `one_slow` (one
+//! backend 10 ms, the others 1 ms) and `one_slow_removed` (the same without the slow one, the
+//! reference for its p99); `one_503`, `one_refusing`, `one_hanging` (one bad backend of N; open
+//! loop only, from the first request, every variant with a 250 ms per-try timeout where it has
+//! one); `churn` (every 500 ms a new backend joins through discovery and the oldest leaves, then
+//! stops; variants with discovery only).
 //!
 //! # Running
 //!
 //! - `cargo bench --bench load`: the full configuration (N = 10), about 8 minutes. Progress goes
 //!   to stderr; the report (`report.md`) and SVG charts go to `target/bench-results/load/`
 //!   (under `$CARGO_TARGET_DIR` when that is set), the report to stdout too.
+//!   `-- --scenarios homogeneous,one_503 --variants raw,proxyless` runs a part (results in
+//!   `load-partial/`).
 //! - `cargo test --benches` runs it without `--bench`: a smoke configuration (N = 3, a few
 //!   hundred requests per variant) in a few seconds, which fails if a request fails where none
 //!   may (no bad backend; and the full proxyless stack in every scenario). Results go to
@@ -142,6 +146,10 @@ pub struct Scenario {
     behaviours: Vec<Behaviour>,
     /// The backend whose share of the traffic is reported (slow or failing).
     pub watched: Option<usize>,
+    /// What the watched backend is, for the charts.
+    pub watched_label: &'static str,
+    /// The open loop's rate, as a multiple of the configured one.
+    pub rate_factor: u64,
     /// Whether it has a closed loop phase (the open loop always runs).
     pub closed: bool,
     /// Whether it replaces backends while the open loop runs.
@@ -152,12 +160,49 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    fn variants(&self) -> &'static [&'static str] {
-        if self.churn {
+    fn variants(&self, filter: &Filter) -> Vec<&'static str> {
+        let all: &[&'static str] = if self.churn {
             &variants::DYNAMIC
         } else {
             &variants::ALL
+        };
+        all.iter()
+            .copied()
+            .filter(|name| filter.variants.is_empty() || filter.variants.iter().any(|v| v == name))
+            .collect()
+    }
+}
+
+/// Which scenarios and variants to run: `--scenarios a,b` and `--variants x,y` (all when empty).
+#[derive(Debug, Default)]
+struct Filter {
+    scenarios: Vec<String>,
+    variants: Vec<String>,
+}
+
+impl Filter {
+    fn from_args() -> Self {
+        let mut filter = Self::default();
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let list = match arg.as_str() {
+                "--scenarios" => &mut filter.scenarios,
+                "--variants" => &mut filter.variants,
+                _ => continue,
+            };
+            let names = args.next().unwrap_or_default();
+            list.extend(
+                names
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned),
+            );
         }
+        filter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.scenarios.is_empty() && self.variants.is_empty()
     }
 }
 
@@ -178,13 +223,16 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
         protocol,
         behaviours,
         watched: None,
+        watched_label: "",
+        rate_factor: 1,
         closed: true,
         churn: false,
         failing: false,
         per_try_timeout: None,
     };
-    let failing = |name, description, last| Scenario {
+    let failing = |name, description, watched_label, last| Scenario {
         watched: Some(n - 1),
+        watched_label,
         closed: false,
         failing: true,
         per_try_timeout: Some(FAILURE_PER_TRY_TIMEOUT),
@@ -197,6 +245,16 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
             Protocol::Http1,
             vec![fast; n],
         ),
+        Scenario {
+            closed: false,
+            rate_factor: 4,
+            ..plain(
+                "homogeneous_4x",
+                "all backends answer at once; open loop at four times the rate",
+                Protocol::Http1,
+                vec![fast; n],
+            )
+        },
         plain(
             "homogeneous_h2",
             "all backends answer at once, HTTP/2 prior knowledge",
@@ -205,6 +263,7 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
         ),
         Scenario {
             watched: Some(n - 1),
+            watched_label: "the slow backend",
             ..plain(
                 "one_slow",
                 "one backend takes 10 ms, the others 1 ms",
@@ -213,7 +272,7 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
             )
         },
         plain(
-            "nine_fast",
+            "one_slow_removed",
             "`one_slow` without its slow backend: every backend takes 1 ms",
             Protocol::Http1,
             vec![ms; n - 1],
@@ -221,16 +280,19 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
         failing(
             "one_503",
             "one backend answers every request with 503",
+            "the backend answering 503",
             Behaviour::Status(503),
         ),
         failing(
             "one_refusing",
             "one backend refuses connections",
+            "the refusing backend",
             Behaviour::Refuse,
         ),
         failing(
             "one_hanging",
             "one backend accepts connections and never answers",
+            "the hanging backend",
             Behaviour::Hang,
         ),
         Scenario {
@@ -415,6 +477,7 @@ struct Harness<'a> {
     backends: &'a Mutex<Backends>,
     variant: &'a Variant,
     watched: Option<usize>,
+    rate_factor: u64,
 }
 
 impl Harness<'_> {
@@ -595,9 +658,14 @@ type Outcome = Result<(u64, u64), (String, Duration)>;
 /// wakes within tens of µs of the release time, where tokio's timer wheel rounds to 1 ms.
 /// Returns the requests in flight, and the phase with what finished before the end and the
 /// dropped count.
-fn pace(config: Config, send: Sender, start: Instant) -> (JoinSet<Outcome>, Phase, Histogram<u64>) {
+fn pace(
+    config: Config,
+    rate: u64,
+    send: Sender,
+    start: Instant,
+) -> (JoinSet<Outcome>, Phase, Histogram<u64>) {
     let timeout = config.request_timeout;
-    let rate = config.open_rate.max(1);
+    let rate = rate.max(1);
     let total = (rate as f64 * config.open_duration.as_secs_f64()).round() as u64;
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let mut phase = empty_phase();
@@ -649,7 +717,8 @@ fn collect(
 async fn drive_open(harness: &Harness<'_>, start: Instant) -> Phase {
     let config = *harness.config;
     let send = Arc::clone(&harness.variant.send);
-    let paced = tokio::task::spawn_blocking(move || pace(config, send, start)).await;
+    let rate = config.open_rate * harness.rate_factor;
+    let paced = tokio::task::spawn_blocking(move || pace(config, rate, send, start)).await;
     let (mut tasks, mut phase, mut service) = paced.expect("the pacer does not panic");
     // Every request has its own timeout, so this ends.
     while let Some(joined) = tasks.join_next().await {
@@ -673,6 +742,7 @@ pub struct Row {
 
 async fn run_scenario(
     config: &Config,
+    filter: &Filter,
     scenario: &Scenario,
     backends: &Mutex<Backends>,
     progress: &mut Progress,
@@ -692,7 +762,7 @@ async fn run_scenario(
         per_try_timeout: scenario.per_try_timeout,
     };
     let mut rows = Vec::new();
-    for &name in scenario.variants() {
+    for name in scenario.variants(filter) {
         progress.step(scenario.name, name);
         if scenario.churn && !rows.is_empty() {
             // The previous variant's churn stopped some of them.
@@ -717,6 +787,7 @@ async fn run_scenario(
             backends,
             variant: &variant,
             watched: scenario.watched.map(|index| first + index),
+            rate_factor: scenario.rate_factor,
         };
         let mut closed = None;
         // With a bad backend, time to take it out is measured from the first request.
@@ -805,14 +876,18 @@ impl Progress {
     }
 }
 
-fn results_dir(config: &Config) -> PathBuf {
+fn results_dir(config: &Config, filter: &Filter) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
         PathBuf::from,
     );
     target
         .join("bench-results")
-        .join(if config.full { "load" } else { "load-smoke" })
+        .join(match (config.full, filter.is_empty()) {
+            (true, true) => "load",
+            (true, false) => "load-partial",
+            (false, _) => "load-smoke",
+        })
 }
 
 fn main() {
@@ -829,7 +904,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let scenarios = scenarios(&config);
+    let filter = Filter::from_args();
+    let scenarios: Vec<Scenario> = scenarios(&config)
+        .into_iter()
+        .filter(|s| filter.scenarios.is_empty() || filter.scenarios.iter().any(|n| n == s.name))
+        .collect();
     let mut results = Vec::new();
     runtime.block_on(async {
         let backends = match Backends::spawn() {
@@ -838,15 +917,15 @@ fn main() {
         };
         let mut progress = Progress {
             done: 0,
-            total: scenarios.iter().map(|s| s.variants().len()).sum(),
+            total: scenarios.iter().map(|s| s.variants(&filter).len()).sum(),
             start: Instant::now(),
         };
         for scenario in &scenarios {
-            let rows = run_scenario(&config, scenario, &backends, &mut progress).await;
+            let rows = run_scenario(&config, &filter, scenario, &backends, &mut progress).await;
             results.push(rows);
         }
     });
-    let dir = results_dir(&config);
+    let dir = results_dir(&config, &filter);
     let report = report::write(&config, &scenarios, &results, &dir);
     println!("{report}");
     eprintln!("load: results written to {}", dir.display());

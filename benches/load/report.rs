@@ -106,7 +106,10 @@ fn open_table(out: &mut String, config: &Config, scenario: &Scenario, rows: &[Ro
         "Open loop: {} req/s scheduled for {:?}; latency from each request's scheduled start \
          (coordinated omission corrected); request \
          timeout {:?}; at most {} in flight.\n",
-        config.open_rate, config.open_duration, config.request_timeout, config.open_cap
+        config.open_rate * scenario.rate_factor,
+        config.open_duration,
+        config.request_timeout,
+        config.open_cap
     );
     let _ = writeln!(
         out,
@@ -186,8 +189,8 @@ fn latency_chart(scenario: &Scenario, rows: &[Row]) -> Bars {
 fn share_chart(scenario: &Scenario, rows: &[Row]) -> Lines {
     Lines {
         title: format!(
-            "{}: share of requests reaching the watched backend, per 100 ms",
-            scenario.name
+            "{}: share of requests reaching {}, per 100 ms",
+            scenario.name, scenario.watched_label
         ),
         x_label: "seconds since the open loop started".to_owned(),
         y_label: "share of requests, %".to_owned(),
@@ -297,7 +300,7 @@ fn goals(out: &mut String, lookup: &Lookup<'_>) {
     }
     let slow = lookup
         .open("one_slow", "proxyless")
-        .zip(lookup.open("nine_fast", "proxyless"))
+        .zip(lookup.open("one_slow_removed", "proxyless"))
         .map(|(slow, fast)| quantile(slow, 0.99) as f64 / quantile(fast, 0.99).max(1) as f64);
     let _ = writeln!(
         out,
