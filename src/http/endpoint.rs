@@ -4,6 +4,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, Scheme};
@@ -174,27 +175,41 @@ where
         #[cfg(feature = "tls")]
         let connector =
             connector.with_tls(self.tls.as_ref().and_then(|tls| tls.for_endpoint(endpoint)));
+        let addr = endpoint.addr();
+        // A socket address always makes a valid authority; the fallback is never reached.
+        let origin = self.origin.clone().unwrap_or_else(|| Origin {
+            scheme: Scheme::HTTP,
+            authority: Authority::try_from(addr.to_string())
+                .unwrap_or_else(|_| Authority::from_static("localhost")),
+        });
         EndpointClient {
-            client: self.builder.build(connector),
-            addr: endpoint.addr(),
-            origin: self.origin.clone(),
+            inner: Arc::new(Inner {
+                client: self.builder.build(connector),
+                addr,
+                origin,
+            }),
         }
     }
 }
 
 /// One endpoint's pooled client: a hyper-util client whose connections all go to the endpoint.
+///
+/// Cloning it (the balancer does, once per request) costs one reference count.
 pub struct EndpointClient<B, C = HttpConnector> {
-    client: legacy::Client<PinnedConnector<C>, B>,
-    addr: SocketAddr,
-    origin: Option<Origin>,
+    inner: Arc<Inner<B, C>>,
 }
 
-impl<B, C: Clone> Clone for EndpointClient<B, C> {
+struct Inner<B, C> {
+    client: legacy::Client<PinnedConnector<C>, B>,
+    addr: SocketAddr,
+    /// Given to path-only URIs: the configured origin, or else the endpoint's address.
+    origin: Origin,
+}
+
+impl<B, C> Clone for EndpointClient<B, C> {
     fn clone(&self) -> Self {
         Self {
-            client: self.client.clone(),
-            addr: self.addr,
-            origin: self.origin.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 }
@@ -202,8 +217,8 @@ impl<B, C: Clone> Clone for EndpointClient<B, C> {
 impl<B, C> std::fmt::Debug for EndpointClient<B, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointClient")
-            .field("addr", &self.addr)
-            .field("origin", &self.origin)
+            .field("addr", &self.inner.addr)
+            .field("origin", &self.inner.origin)
             .finish_non_exhaustive()
     }
 }
@@ -211,7 +226,7 @@ impl<B, C> std::fmt::Debug for EndpointClient<B, C> {
 impl<B, C> EndpointClient<B, C> {
     /// The endpoint this client dials.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.inner.addr
     }
 
     /// Gives a path-only URI the origin's (or else the endpoint's) scheme and authority.
@@ -220,16 +235,8 @@ impl<B, C> EndpointClient<B, C> {
             return Ok(uri);
         }
         let mut parts = uri.into_parts();
-        match &self.origin {
-            Some(origin) => {
-                parts.scheme = Some(origin.scheme.clone());
-                parts.authority = Some(origin.authority.clone());
-            }
-            None => {
-                parts.scheme = Some(Scheme::HTTP);
-                parts.authority = Some(Authority::try_from(self.addr.to_string().as_str())?);
-            }
-        }
+        parts.scheme = Some(self.inner.origin.scheme.clone());
+        parts.authority = Some(self.inner.origin.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
@@ -259,7 +266,7 @@ where
         match self.absolute(parts.uri) {
             Ok(uri) => {
                 parts.uri = uri;
-                EndpointFuture::Sending(self.client.request(Request::from_parts(parts, body)))
+                EndpointFuture::Sending(self.inner.client.request(Request::from_parts(parts, body)))
             }
             Err(e) => EndpointFuture::Invalid(Some(e)),
         }
