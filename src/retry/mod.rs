@@ -19,8 +19,9 @@
 //! [deadline](RetryPolicyBuilder::deadline) bounds the whole request, backoffs included, and
 //! fails with [`DeadlineExceeded`].
 //!
-//! Like the balancer, the retry service is always ready and clones its inner service per
-//! attempt, so it needs `S: Clone`.
+//! Like the balancer, the retry service is always ready: it sends a first attempt through its
+//! inner service as soon as that is ready, and each retry through a clone of it, so it needs
+//! `S: Clone`.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -116,13 +117,16 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
+impl<S: Clone> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
+            retries: Arc::new(ForRetries {
+                service: tokio::sync::Mutex::new(inner.clone()),
+                shared: Arc::clone(&self.shared),
+            }),
             inner,
-            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -131,13 +135,22 @@ impl<S> Layer<S> for RetryLayer {
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
+    retries: Arc<ForRetries<S>>,
+}
+
+/// What a response future needs beyond its first attempt, behind one reference count.
+#[derive(Debug)]
+struct ForRetries<S> {
+    /// Cloned for each retry, so that a request that is not retried clones no service. In an
+    /// async mutex, only locked to clone, so that futures are `Send` without asking `S: Sync`.
+    service: tokio::sync::Mutex<S>,
     shared: Arc<Shared>,
 }
 
 impl<S> Retry<S> {
     /// The retry counters, shared with every clone and every service of the same layer.
     pub fn snapshot(&self) -> RetrySnapshot {
-        self.shared.snapshot()
+        self.retries.shared.snapshot()
     }
 
     /// The service inside.
@@ -197,7 +210,8 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each attempt drives a clone of the inner service to readiness itself.
+        // `call` checks the inner service's readiness for the first attempt (the future waits
+        // for it if need be), and each retry drives its own clone to readiness.
         Poll::Ready(Ok(()))
     }
 
@@ -205,29 +219,34 @@ where
         let span = tracing::debug_span!("retry", attempts = tracing::field::Empty);
         let entered = span.enter();
         let mut attempts = None;
-        let request = Attempts::start(&self.shared, request, &mut attempts);
-        let mut service = self.inner.clone();
+        let request = Attempts::start(&self.retries.shared, request, &mut attempts);
         // A ready service (the balancer always is) takes the first attempt right away, so the
-        // future starts out polling it. One that is not ready is polled again, with the
-        // caller's waker, when the future is; the no-op waker registered here is replaced then.
-        let state = match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => State::Called {
-                future: service.call(request),
-            },
+        // future starts out polling it. One that is not ready is cloned into the future and
+        // polled again there, with the caller's waker.
+        let (state, service) = match self
+            .inner
+            .poll_ready(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(Ok(())) => {
+                let future = self.inner.call(request);
+                (State::Called { future }, None)
+            }
             // Judged like the inner service's own errors: the request was never sent, and
             // dropping it hands its body back for a retry.
-            Poll::Ready(Err(error)) => State::Failed {
-                error: Some(error.into()),
-            },
-            Poll::Pending => State::NotReady {
-                request: Some(request),
-            },
+            Poll::Ready(Err(error)) => {
+                let error = Some(error.into());
+                (State::Failed { error }, None)
+            }
+            Poll::Pending => {
+                let request = Some(request);
+                (State::NotReady { request }, Some(self.inner.clone()))
+            }
         };
         drop(entered);
         ResponseFuture {
             state,
-            service: Some(service),
-            shared: Arc::clone(&self.shared),
+            service,
+            retries: Arc::clone(&self.retries),
             attempts,
             timeout: None,
             span,
@@ -250,9 +269,9 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         state: State<S, B>,
-        // The service of every attempt; taken by the retry loop.
+        // The service of a first attempt that had to wait for it.
         service: Option<S>,
-        shared: Arc<Shared>,
+        retries: Arc<ForRetries<S>>,
         // Taken by the retry loop.
         attempts: Option<Attempts<B>>,
         // Made on the first wait, as a request that is answered at once needs no timer; boxed
@@ -340,7 +359,7 @@ where
                                 this.timeout,
                                 this.service,
                                 this.attempts,
-                                this.shared,
+                                &this.retries.shared,
                                 cx,
                             );
                         }
@@ -354,7 +373,7 @@ where
                             this.timeout,
                             this.service,
                             this.attempts,
-                            this.shared,
+                            &this.retries.shared,
                             cx,
                         );
                     }
@@ -369,20 +388,19 @@ where
             let Some(attempts) = this.attempts.as_mut() else {
                 return Poll::Ready(Err(polled_after_completion()));
             };
-            match attempts.after(this.shared, result) {
+            match attempts.after(&this.retries.shared, result) {
                 Next::Return(result) => {
                     *this.attempts = None;
                     *this.service = None;
                     return Poll::Ready(result);
                 }
                 Next::Retry { request, delay } => {
-                    let (Some(service), Some(attempts)) =
-                        (this.service.take(), this.attempts.take())
-                    else {
+                    *this.service = None;
+                    let Some(attempts) = this.attempts.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let shared = Arc::clone(this.shared);
-                    let future = Box::pin(retry_loop(service, shared, attempts, request, delay));
+                    let retries = Arc::clone(this.retries);
+                    let future = Box::pin(retry_loop(retries, attempts, request, delay));
                     this.state.set(State::Retrying { future });
                 }
             }
@@ -467,8 +485,7 @@ fn polled_after_completion() -> BoxError {
 
 /// Waits the backoff and sends the second and later attempts.
 async fn retry_loop<S, B, RB>(
-    service: S,
-    shared: Arc<Shared>,
+    retries: Arc<ForRetries<S>>,
     mut attempts: Attempts<B>,
     mut request: Request<ReplayBody<B>>,
     mut delay: Duration,
@@ -478,6 +495,7 @@ where
     S::Error: Into<BoxError>,
     B: http_body::Body + Unpin,
 {
+    let shared = &retries.shared;
     loop {
         tokio::time::sleep(delay).await;
         attempts.attempt += 1;
@@ -489,18 +507,19 @@ where
                 .extensions_mut()
                 .insert(AttemptDeadline(Instant::now() + per_try));
         }
-        let sent = service.clone().oneshot(request);
+        let service = retries.service.lock().await.clone();
+        let sent = service.oneshot(request);
         let result = match attempts.deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
                 Ok(result) => result,
                 Err(_) => {
                     bump(&shared.stats.deadline_reached);
-                    return Err(attempts.deadline_exceeded(&shared));
+                    return Err(attempts.deadline_exceeded(shared));
                 }
             },
             None => sent.await,
         };
-        match attempts.after(&shared, result.map_err(Into::into)) {
+        match attempts.after(shared, result.map_err(Into::into)) {
             Next::Return(result) => return result,
             Next::Retry {
                 request: next,
