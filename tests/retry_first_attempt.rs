@@ -264,3 +264,39 @@ async fn a_readiness_error_is_judged_like_an_attempt_error() {
     assert_eq!(gate.bodies.lock().unwrap().len(), 1);
     assert_eq!(layer.snapshot().retries, 1);
 }
+
+#[test]
+fn a_request_made_outside_a_runtime_is_sent_when_a_runtime_polls_it() {
+    // The balancer makes a timer for the per-try timeout when it takes an attempt, which needs a
+    // runtime: the retry layer must not hand it the attempt from a `call` made outside one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(
+        RetryPolicy::builder()
+            .per_try_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let mut svc = {
+        let _context = runtime.enter();
+        let balance =
+            BalanceLayer::new(discover::fixed(["127.0.0.1:1"]).unwrap()).layer(|_: &Endpoint| {
+                service_fn(|_: Request<ReplayBody<Empty<Bytes>>>| async {
+                    Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                })
+            });
+        layer.layer(balance)
+    };
+    // Inside the runtime first, so that discovery has started.
+    let warm_up = svc.clone().oneshot(Request::new(Empty::new()));
+    assert_eq!(runtime.block_on(warm_up).unwrap().status(), StatusCode::OK);
+
+    let future = svc.call(Request::new(Empty::new()));
+    let rsp = runtime.block_on(future).unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(rsp.extensions().get::<ServedBy>().unwrap().0.port(), 1);
+    let snapshot = layer.snapshot();
+    assert_eq!((snapshot.requests, snapshot.retries), (2, 0));
+}

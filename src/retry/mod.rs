@@ -217,6 +217,21 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let span = tracing::debug_span!("retry", attempts = tracing::field::Empty);
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Outside a runtime the inner service may be unable to start an attempt (the
+            // balancer makes timers and tasks): the request waits for the future's first poll,
+            // which a runtime drives.
+            return ResponseFuture {
+                state: State::Start {
+                    request: Some(request),
+                },
+                service: Some(self.inner.clone()),
+                retries: Arc::clone(&self.retries),
+                attempts: None,
+                timeout: None,
+                span,
+            };
+        }
         let entered = span.enter();
         let mut attempts = None;
         let request = Attempts::start(&self.retries.shared, request, &mut attempts);
@@ -259,8 +274,9 @@ type BoxFuture<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 pin_project_lite::pin_project! {
     /// The future returned by [`Retry`].
     ///
-    /// [`Retry::call`] hands the first attempt to the inner service at once if it is ready (else
-    /// this future waits for it), and the attempt runs inside this future without allocating.
+    /// Inside a runtime, [`Retry::call`] hands the first attempt to the inner service at once if
+    /// it is ready; otherwise this future does on its first poll. The attempt runs inside this
+    /// future without allocating.
     /// Only a retry moves the request's state into a boxed future that waits the backoff and
     /// sends the next attempts.
     pub struct ResponseFuture<S, B>
@@ -269,7 +285,7 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         state: State<S, B>,
-        // The service of a first attempt that had to wait for it.
+        // The service of a first attempt that was not sent from `call`.
         service: Option<S>,
         retries: Arc<ForRetries<S>>,
         // Taken by the retry loop.
@@ -301,6 +317,9 @@ pin_project_lite::pin_project! {
     where
         S: Service<Request<ReplayBody<B>>>,
     {
+        Start {
+            request: Option<Request<B>>,
+        },
         Failed {
             error: Option<BoxError>,
         },
@@ -342,6 +361,26 @@ where
         let _entered = this.span.enter();
         loop {
             let result = match this.state.as_mut().project() {
+                StateProj::Start { request } => {
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let request = Attempts::start(&this.retries.shared, request, this.attempts);
+                    match send(this.state.as_mut(), this.service, request, cx) {
+                        Sent::Called => continue,
+                        Sent::Failed(error) => Err(error),
+                        Sent::Parked => {
+                            return timed_out(
+                                this.state,
+                                this.timeout,
+                                this.service,
+                                this.attempts,
+                                &this.retries.shared,
+                                cx,
+                            );
+                        }
+                    }
+                }
                 StateProj::Failed { error } => match error.take() {
                     Some(error) => Err(error),
                     None => return Poll::Ready(Err(polled_after_completion())),
