@@ -136,7 +136,7 @@ where
 {
     type Response = Response<ClientBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<Response<ClientBody>>;
+    type Future = ResponseFuture<Balance<EndpointClient<ReplayBody<B>>>, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.stack.poll_ready(cx)

@@ -93,7 +93,8 @@ const TAG_MASK: u64 = u32::MAX as u64;
 #[derive(Debug)]
 pub struct TpsBudget {
     start: Instant,
-    slot_len: Duration,
+    /// Slot length in nanoseconds, at least 1: `u64` keeps the per-request division cheap.
+    slot_nanos: u64,
     slots: [AtomicU64; SLOTS],
     deposit: i64,
     reserve: i64,
@@ -132,7 +133,9 @@ impl TpsBudget {
         let reserve = (f64::from(min_per_sec) * ttl.as_secs_f64() * RETRY_COST as f64) as i64;
         Self {
             start: Instant::now(),
-            slot_len: ttl / SLOTS as u32,
+            slot_nanos: u64::try_from((ttl / SLOTS as u32).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
             slots: Default::default(),
             deposit: (ratio * RETRY_COST as f64).round() as i64,
             reserve,
@@ -159,7 +162,8 @@ impl TpsBudget {
 
     fn generation(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.start);
-        (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as u64
+        // Saturates only after 584 years.
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.slot_nanos
     }
 
     fn add(&self, amount: i64) {

@@ -16,6 +16,9 @@
 //!
 //! No lock is taken while streaming: the finished copy is published once through a `OnceLock`,
 //! and a never-polled body is handed back through a mutex that nobody else contends.
+//!
+//! A body that has already ended when the request is made (an empty `GET`, say) has nothing to
+//! record, so it shares no state with the retry layer at all: every retry sends an empty body.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +59,9 @@ pub struct ReplayBody<B> {
 #[derive(Debug)]
 enum State<B> {
     First(First<B>),
+    /// A body that had ended before it was sent. The first attempt keeps the caller's body so
+    /// that it is dropped with the request, as a recorded one would be; retries hold nothing.
+    Empty(Option<B>),
     Replay {
         recorded: Arc<Recorded>,
         next_chunk: usize,
@@ -71,7 +77,8 @@ struct First<B> {
     peeked: Option<Box<Result<Frame<Bytes>, BoxError>>>,
     shared: Arc<Shared<B>>,
     chunks: Vec<Bytes>,
-    trailers: Option<HeaderMap>,
+    // Boxed: request trailers are rare, and every request body carries this state.
+    trailers: Option<Box<HeaderMap>>,
     len: u64,
     cap: u64,
     polled: bool,
@@ -81,13 +88,24 @@ struct First<B> {
 /// The retry layer's side: makes the body for the next attempt.
 #[derive(Debug)]
 pub(crate) struct Replayer<B> {
-    shared: Arc<Shared<B>>,
+    /// `None` for a body that had ended before the first attempt: retries send it empty.
+    shared: Option<Arc<Shared<B>>>,
     cap: u64,
 }
 
 impl<B: Body> ReplayBody<B> {
     /// Wraps `body` for its first attempt, keeping up to `cap` bytes.
     pub(crate) fn first(body: B, cap: u64) -> (Self, Replayer<B>) {
+        // Most requests (GETs) have no body: skip the shared state and its allocation. Only a
+        // body that says it is over and has no bytes left qualifies, so nothing can be lost.
+        if body.is_end_stream() && body.size_hint().exact() == Some(0) {
+            return (
+                Self {
+                    state: State::Empty(Some(body)),
+                },
+                Replayer { shared: None, cap },
+            );
+        }
         let shared = Arc::new(Shared {
             recorded: OnceLock::new(),
             capped: AtomicBool::new(false),
@@ -115,7 +133,10 @@ impl<B: Body> ReplayBody<B> {
             Self {
                 state: State::First(first),
             },
-            Replayer { shared, cap },
+            Replayer {
+                shared: Some(shared),
+                cap,
+            },
         )
     }
 }
@@ -147,7 +168,7 @@ impl<B> First<B> {
         if !self.shared.capped.load(Ordering::Relaxed) {
             let recorded = Recorded {
                 chunks: std::mem::take(&mut self.chunks),
-                trailers: self.trailers.take(),
+                trailers: self.trailers.take().map(|trailers| *trailers),
                 len: self.len,
             };
             let _ = self.shared.recorded.set(Arc::new(recorded));
@@ -190,7 +211,7 @@ where
             Err(frame) => match frame.into_trailers() {
                 Ok(trailers) => {
                     if !self.shared.capped.load(Ordering::Relaxed) {
-                        self.trailers = Some(trailers.clone());
+                        self.trailers = Some(Box::new(trailers.clone()));
                     }
                     Frame::trailers(trailers)
                 }
@@ -219,7 +240,12 @@ impl<B> Drop for First<B> {
 impl<B: Body> Replayer<B> {
     /// The body for the next attempt, or `None` if the first one cannot be sent again.
     pub(crate) fn next(&mut self) -> Option<ReplayBody<B>> {
-        if let Some(recorded) = self.shared.recorded.get() {
+        let Some(shared) = &self.shared else {
+            return Some(ReplayBody {
+                state: State::Empty(None),
+            });
+        };
+        if let Some(recorded) = shared.recorded.get() {
             return Some(ReplayBody {
                 state: State::Replay {
                     recorded: Arc::clone(recorded),
@@ -228,7 +254,7 @@ impl<B: Body> Replayer<B> {
                 },
             });
         }
-        let body = self.shared.handed_back.try_lock().ok()?.take()?;
+        let body = shared.handed_back.try_lock().ok()?.take()?;
         let (body, replayer) = ReplayBody::first(body, self.cap);
         *self = replayer;
         Some(body)
@@ -236,7 +262,9 @@ impl<B: Body> Replayer<B> {
 
     /// Whether the body outgrew the cap.
     pub(crate) fn is_capped(&self) -> bool {
-        self.shared.capped.load(Ordering::Relaxed)
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.capped.load(Ordering::Relaxed))
     }
 }
 
@@ -274,6 +302,8 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
+            // Never polls the caller's body: it said it had ended.
+            State::Empty(_) => Poll::Ready(None),
             State::Replay {
                 recorded,
                 next_chunk,
@@ -297,6 +327,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.state {
             State::First(first) => first.peeked.is_none() && first.ended,
+            State::Empty(_) => true,
             State::Replay {
                 recorded,
                 next_chunk,
@@ -314,6 +345,7 @@ where
                 .inner
                 .as_ref()
                 .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
+            State::Empty(_) => SizeHint::with_exact(0),
             State::Replay {
                 recorded,
                 next_chunk,
@@ -391,6 +423,41 @@ mod tests {
         let again = replayer.next().unwrap();
         assert!(again.is_end_stream());
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn an_ended_body_shares_nothing_and_every_retry_is_empty() {
+        for (first, mut replayer) in [
+            ReplayBody::first(Full::<Bytes>::default(), 10),
+            ReplayBody::first(Full::new(Bytes::new()), 10),
+        ] {
+            assert!(replayer.shared.is_none(), "no state to share");
+            assert!(first.is_end_stream());
+            assert_eq!(first.size_hint().exact(), Some(0));
+            assert!(!replayer.is_capped());
+            for _ in 0..3 {
+                let again = replayer.next().expect("an empty body is always replayable");
+                assert!(again.is_end_stream());
+                assert_eq!(again.size_hint().exact(), Some(0));
+                assert_eq!(collect(again).await, (Bytes::new(), None));
+            }
+            assert_eq!(collect(first).await, (Bytes::new(), None));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_with_trailers_only_is_still_recorded() {
+        // Ended data but trailers to come: not at its end, so it takes the recording path.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "0".parse().unwrap());
+        let (first, mut replayer) =
+            ReplayBody::first(stream(vec![Frame::trailers(trailers.clone())]), 10);
+        assert!(replayer.shared.is_some());
+        assert_eq!(collect(first).await, (Bytes::new(), Some(trailers.clone())));
+        assert_eq!(
+            collect(replayer.next().unwrap()).await,
+            (Bytes::new(), Some(trailers))
+        );
     }
 
     #[tokio::test]
