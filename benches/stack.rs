@@ -16,21 +16,7 @@
 //!
 //! Run it with `cargo bench --bench stack`. Under `cargo test --benches` each benchmark runs once.
 //!
-//! # Results
-//!
-//! On the 2-core development machine (criterion medians; single runs move by about ±10 %):
-//!
-//! | benchmark | ns per request | added |
-//! |---|---|---|
-//! | `stack/inner` | 21 | |
-//! | `stack/balance_bare` | 353 | 332 over the inner service |
-//! | `stack/balance` | 364 | 11 for the health gates |
-//! | `stack/retry_balance` | 872 | 508 for the retry layer |
-//!
-//! Health accounting costs about 11 ns per request (within noise of zero; no lock). The retry
-//! layer's no-retry path misses its 100 ns goal: a profile shows most of it in moving its large
-//! boxed future (`memmove`, 13 %), the future's own poll (13 %), clock reads (8 %), and two
-//! allocations (the boxed future and the replay state).
+//! Figures from the development machine, and what limits them, are in `BENCHMARKS.md`.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};

@@ -13,6 +13,7 @@
 //! | `tower_p2c` | tower's `p2c::Balance` over `PeakEwmaDiscover` of per-backend hyper-util clients, shared through `tower::buffer::Buffer` as tonic does |
 //! | `proxyless_balance` | `proxyless::balance::Balance` over `proxyless::http::EndpointClients`, no retry layer |
 //! | `proxyless` | `proxyless::Client::builder()`, the full default stack (retry, balance, health) |
+//! | `proxyless_decay_1s` | the full stack with a 1 s PeakEWMA decay instead of 10 s; only in the `one_slow` scenarios |
 //! | `haproxy`, `nginx` | the raw hyper-util client to a local sidecar balancing over the backends (`random(2)` / `random two least_conn`, keep-alive upstream, retries on) |
 //!
 //! Phases:
@@ -148,6 +149,9 @@ pub struct Scenario {
     pub watched: Option<usize>,
     /// What the watched backend is, for the charts.
     pub watched_label: &'static str,
+    /// Whether the watched backend's requests can be counted (not when it refuses connections
+    /// or never reads them).
+    pub watched_counted: bool,
     /// The open loop's rate, as a multiple of the configured one.
     pub rate_factor: u64,
     /// Whether it has a closed loop phase (the open loop always runs).
@@ -166,8 +170,10 @@ impl Scenario {
         } else {
             &variants::ALL
         };
+        let slow = self.name.starts_with("one_slow");
         all.iter()
             .copied()
+            .filter(|name| slow || !variants::SLOW_ONLY.contains(name))
             .filter(|name| filter.variants.is_empty() || filter.variants.iter().any(|v| v == name))
             .collect()
     }
@@ -224,6 +230,7 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
         behaviours,
         watched: None,
         watched_label: "",
+        watched_counted: true,
         rate_factor: 1,
         closed: true,
         churn: false,
@@ -233,6 +240,7 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
     let failing = |name, description, watched_label, last| Scenario {
         watched: Some(n - 1),
         watched_label,
+        watched_counted: matches!(last, Behaviour::Ok(_) | Behaviour::Status(_)),
         closed: false,
         failing: true,
         per_try_timeout: Some(FAILURE_PER_TRY_TIMEOUT),

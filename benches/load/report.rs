@@ -114,8 +114,8 @@ fn open_table(out: &mut String, config: &Config, scenario: &Scenario, rows: &[Ro
     let _ = writeln!(
         out,
         "| variant | success | req/s | p50 µs | p99 µs | p99.9 µs | uncorrected p99 µs | \
-         amplification | CPU all µs/req | watched share | watched traffic ends | taken out (snapshot) | \
-         last failure | failed | dropped | first failure |"
+         amplification | CPU all µs/req | watched share | watched traffic ends | ejected or breaker open \
+         (proxyless' snapshot) | last failure | failed | dropped | first failure |"
     );
     let _ = writeln!(
         out,
@@ -143,8 +143,12 @@ fn open_table(out: &mut String, config: &Config, scenario: &Scenario, rows: &[Ro
                 .amplification()
                 .map_or_else(|| "—".to_owned(), |value| format!("{value:.3}")),
             micros_or_na(per_request(total, phase)),
-            percent(phase.watched_share()),
-            if scenario.watched.is_some() {
+            if scenario.watched_counted {
+                percent(phase.watched_share())
+            } else {
+                "not counted".to_owned()
+            },
+            if scenario.failing && scenario.watched_counted {
                 seconds(phase.watched_traffic_ends())
             } else {
                 "—".to_owned()
@@ -298,16 +302,24 @@ fn goals(out: &mut String, lookup: &Lookup<'_>) {
             );
         }
     }
-    let slow = lookup
-        .open("one_slow", "proxyless")
-        .zip(lookup.open("one_slow_removed", "proxyless"))
-        .map(|(slow, fast)| quantile(slow, 0.99) as f64 / quantile(fast, 0.99).max(1) as f64);
-    let _ = writeln!(
-        out,
-        "| one slow of ten: p99 within 1.25× of the run without it (open loop) | {} | {} |",
-        slow.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×")),
-        verdict(slow.map(|r| r <= 1.25)),
-    );
+    for (variant, label) in [
+        ("proxyless", ""),
+        (
+            "proxyless_decay_1s",
+            " (PeakEWMA decay 1 s instead of 10 s)",
+        ),
+    ] {
+        let slow = lookup
+            .open("one_slow", variant)
+            .zip(lookup.open("one_slow_removed", variant))
+            .map(|(slow, fast)| quantile(slow, 0.99) as f64 / quantile(fast, 0.99).max(1) as f64);
+        let _ = writeln!(
+            out,
+            "| one slow of ten: p99 within 1.25× of the run without it (open loop){label} | {} | {} |",
+            slow.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×")),
+            verdict(slow.map(|r| r <= 1.25)),
+        );
+    }
     let success = lookup.open("one_503", "proxyless").map(Phase::success_rate);
     let _ = writeln!(
         out,
@@ -362,7 +374,7 @@ pub fn write(config: &Config, scenarios: &[Scenario], results: &[Vec<Row>], dir:
         let latency = format!("{}-latency.svg", scenario.name);
         let _ = writeln!(out, "![{} latency]({latency})\n", scenario.name);
         charts.push((latency, latency_chart(scenario, rows).render()));
-        if scenario.watched.is_some() {
+        if scenario.watched.is_some() && scenario.watched_counted {
             let share = format!("{}-share.svg", scenario.name);
             let _ = writeln!(out, "![{} traffic share]({share})\n", scenario.name);
             charts.push((share, share_chart(scenario, rows).render()));

@@ -41,15 +41,20 @@ pub type SetEndpoints = Arc<dyn Fn(&[SocketAddr]) + Send + Sync>;
 const DISCOVERY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Every variant, in report order.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "raw",
     "round_robin",
     "tower_p2c",
     "proxyless_balance",
     "proxyless",
+    "proxyless_decay_1s",
     "haproxy",
     "nginx",
 ];
+
+/// Variants that only run where they answer a question: PeakEWMA with a 1 s decay instead of the
+/// default 10 s, in the slow-backend scenarios.
+pub const SLOW_ONLY: [&str; 1] = ["proxyless_decay_1s"];
 
 /// Variants whose endpoint set can change while they run (the churn scenario).
 pub const DYNAMIC: [&str; 3] = ["tower_p2c", "proxyless_balance", "proxyless"];
@@ -276,12 +281,19 @@ pub async fn build(
                 sidecar: None,
             })
         }
-        "proxyless" => {
+        "proxyless" | "proxyless_decay_1s" => {
             let (pusher, source) = discover::push();
             push_endpoints(&pusher, addrs);
             let mut builder = proxyless::Client::builder()
                 .discover(source)
                 .http2_only(protocol == Protocol::Http2);
+            if name == "proxyless_decay_1s" {
+                let config = BalanceConfig::builder()
+                    .decay(Duration::from_secs(1))
+                    .build()
+                    .map_err(|error| error.to_string())?;
+                builder = builder.balance(config);
+            }
             if let Some(timeout) = settings.per_try_timeout {
                 let policy = RetryPolicy::builder()
                     .per_try_timeout(timeout)
