@@ -520,7 +520,9 @@ impl Harness<'_> {
             ticker.tick().await;
             let after = self.counts().await;
             let total: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-            if total > 0 {
+            // The drain after the schedule sees only the slowest requests: not a share.
+            let scheduled = start.elapsed() <= self.config.open_duration;
+            if total > 0 && scheduled {
                 let share = (after[watched] - before[watched]) as f64 / total as f64;
                 timeline.push((start.elapsed().as_secs_f64(), share));
             }

@@ -198,7 +198,7 @@ fn share_chart(scenario: &Scenario, rows: &[Row]) -> Lines {
         ),
         x_label: "seconds since the open loop started".to_owned(),
         y_label: "share of requests, %".to_owned(),
-        y_max: Some(100.0),
+        y_max: None,
         series: rows
             .iter()
             .filter_map(|row| {
