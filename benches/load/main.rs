@@ -44,7 +44,8 @@
 //!   to stderr; the report (`report.md`) and SVG charts go to `target/bench-results/load/`
 //!   (under `$CARGO_TARGET_DIR` when that is set), the report to stdout too.
 //!   `-- --scenarios homogeneous,one_503 --variants raw,proxyless` runs a part (results in
-//!   `load-partial/`).
+//!   `load-partial/`); `-- --runs 3` runs everything three times, interleaved (each run starts
+//!   with another variant), and reports the median run with the spread.
 //! - `cargo test --benches` runs it without `--bench`: a smoke configuration (N = 3, a few
 //!   hundred requests per variant) in a few seconds, which fails if a request fails where none
 //!   may (no bad backend; and the full proxyless stack in every scenario). Results go to
@@ -179,18 +180,28 @@ impl Scenario {
     }
 }
 
-/// Which scenarios and variants to run: `--scenarios a,b` and `--variants x,y` (all when empty).
-#[derive(Debug, Default)]
+/// Which scenarios and variants to run, how many times: `--scenarios a,b` and `--variants x,y`
+/// (all when empty), `--runs N` (1 by default).
+#[derive(Debug)]
 struct Filter {
     scenarios: Vec<String>,
     variants: Vec<String>,
+    runs: usize,
 }
 
 impl Filter {
     fn from_args() -> Self {
-        let mut filter = Self::default();
+        let mut filter = Self {
+            scenarios: Vec::new(),
+            variants: Vec::new(),
+            runs: 1,
+        };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
+            if arg == "--runs" {
+                filter.runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
+                continue;
+            }
             let list = match arg.as_str() {
                 "--scenarios" => &mut filter.scenarios,
                 "--variants" => &mut filter.variants,
@@ -740,7 +751,9 @@ async fn drive_open(harness: &Harness<'_>, start: Instant) -> Phase {
     phase
 }
 
-/// One variant's results in one scenario; `skipped` says why it did not run.
+/// One variant's results in one scenario; `skipped` says why it did not run. With several
+/// runs, each phase is the median run's (by throughput for the closed loop, by p99 for the open
+/// loop), and the spreads give the lowest and highest of those figures over the runs.
 pub struct Row {
     pub name: &'static str,
     /// The sidecar's version, for sidecar variants.
@@ -748,6 +761,57 @@ pub struct Row {
     pub closed: Option<Phase>,
     pub open: Option<Phase>,
     pub skipped: Option<String>,
+    /// Runs measured.
+    pub runs: usize,
+    /// Closed-loop throughput, lowest and highest over the runs.
+    pub closed_spread: Option<(f64, f64)>,
+    /// Open-loop p99 (µs), lowest and highest over the runs.
+    pub open_spread: Option<(u64, u64)>,
+}
+
+impl Row {
+    fn from_runs(name: &'static str, mut runs: Vec<Measured>, skipped: Option<String>) -> Self {
+        let version = runs.first().and_then(|run| run.version.clone());
+        let count = runs.len();
+        let mut closed: Vec<Phase> = runs
+            .iter_mut()
+            .filter_map(|run| run.closed.take())
+            .collect();
+        let mut open: Vec<Phase> = runs.into_iter().map(|run| run.open).collect();
+        closed.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        open.sort_by_key(|phase| phase.latency.value_at_quantile(0.99));
+        let closed_spread = closed
+            .first()
+            .zip(closed.last())
+            .map(|(low, high)| (low.throughput(), high.throughput()));
+        let open_spread = open.first().zip(open.last()).map(|(low, high)| {
+            (
+                low.latency.value_at_quantile(0.99),
+                high.latency.value_at_quantile(0.99),
+            )
+        });
+        let median = |phases: &mut Vec<Phase>| {
+            let middle = phases.len() / 2;
+            (!phases.is_empty()).then(|| phases.swap_remove(middle))
+        };
+        Self {
+            name,
+            version,
+            closed: median(&mut closed),
+            open: median(&mut open),
+            skipped,
+            runs: count,
+            closed_spread,
+            open_spread,
+        }
+    }
+}
+
+/// One variant's phases in one run of a scenario.
+struct Measured {
+    version: Option<String>,
+    closed: Option<Phase>,
+    open: Phase,
 }
 
 async fn run_scenario(
@@ -767,82 +831,100 @@ async fn run_scenario(
         }
     };
     let (mut first, mut addrs) = start_backends().await;
+    let names = scenario.variants(filter);
+    let mut measured: Vec<Vec<Measured>> = names.iter().map(|_| Vec::new()).collect();
+    let mut skipped: Vec<Option<String>> = vec![None; names.len()];
+    let mut used = false;
+    for run in 0..filter.runs {
+        // Each run starts with another variant, so none always goes first or last.
+        for k in 0..names.len() {
+            let index = (k + run) % names.len();
+            let name = names[index];
+            if skipped[index].is_some() {
+                continue;
+            }
+            progress.step(scenario.name, name);
+            if scenario.churn && used {
+                // The previous variant's churn stopped some of them.
+                (first, addrs) = start_backends().await;
+            }
+            used = true;
+            match measure(config, scenario, backends, name, first, &addrs).await {
+                Ok(result) => measured[index].push(result),
+                Err(error) => {
+                    eprintln!("load: {} / {name}: skipped: {error}", scenario.name);
+                    skipped[index] = Some(error);
+                }
+            }
+        }
+    }
+    // The scenario's backends stop; later scenarios start their own.
+    let mut running = backends.lock().await;
+    for index in 0..running.addrs.len() {
+        let _ = running.stop(index).await;
+    }
+    names
+        .into_iter()
+        .zip(measured.into_iter().zip(skipped))
+        .map(|(name, (runs, skipped))| Row::from_runs(name, runs, skipped))
+        .collect()
+}
+
+/// Builds `name` over `addrs` and measures it: warm-up, closed loop, open loop.
+async fn measure(
+    config: &Config,
+    scenario: &Scenario,
+    backends: &Mutex<Backends>,
+    name: &'static str,
+    first: usize,
+    addrs: &[std::net::SocketAddr],
+) -> Result<Measured, String> {
     let settings = Settings {
         protocol: scenario.protocol,
         per_try_timeout: scenario.per_try_timeout,
     };
-    let mut rows = Vec::new();
-    for name in scenario.variants(filter) {
-        progress.step(scenario.name, name);
-        if scenario.churn && !rows.is_empty() {
-            // The previous variant's churn stopped some of them.
-            (first, addrs) = start_backends().await;
-        }
-        let variant = match variants::build(name, &addrs, settings).await {
-            Ok(variant) => variant,
-            Err(error) => {
-                eprintln!("load: {} / {name}: skipped: {error}", scenario.name);
-                rows.push(Row {
-                    name,
-                    version: None,
-                    closed: None,
-                    open: None,
-                    skipped: Some(error),
-                });
-                continue;
-            }
-        };
-        let harness = Harness {
-            config,
-            backends,
-            variant: &variant,
-            watched: scenario.watched.map(|index| first + index),
-            rate_factor: scenario.rate_factor,
-        };
-        let mut closed = None;
-        // With a bad backend, time to take it out is measured from the first request.
-        if !scenario.failing && !scenario.churn {
-            let warmup =
-                closed_loop(&harness, config.warmup_duration, config.warmup_requests).await;
-            check(config, scenario, name, "warm-up", &warmup);
-        }
-        if scenario.closed {
-            let phase = closed_loop(&harness, config.closed_duration, config.closed_requests).await;
-            eprintln!(
-                "load: {} / {name}: closed loop: {} ok, {} failed, {:.0} req/s, p99 {} µs",
-                scenario.name,
-                phase.ok,
-                phase.errors.count,
-                phase.throughput(),
-                phase.latency.value_at_quantile(0.99),
-            );
-            check(config, scenario, name, "closed loop", &phase);
-            closed = Some(phase);
-        }
-        let open = open_loop(&harness, scenario.churn).await;
+    let variant = variants::build(name, addrs, settings).await?;
+    let harness = Harness {
+        config,
+        backends,
+        variant: &variant,
+        watched: scenario.watched.map(|index| first + index),
+        rate_factor: scenario.rate_factor,
+    };
+    // With a bad backend, time to take it out is measured from the first request.
+    if !scenario.failing && !scenario.churn {
+        let warmup = closed_loop(&harness, config.warmup_duration, config.warmup_requests).await;
+        check(config, scenario, name, "warm-up", &warmup);
+    }
+    let mut closed = None;
+    if scenario.closed {
+        let phase = closed_loop(&harness, config.closed_duration, config.closed_requests).await;
         eprintln!(
-            "load: {} / {name}: open loop: {} ok, {} failed, {} dropped, p99 {} µs",
+            "load: {} / {name}: closed loop: {} ok, {} failed, {:.0} req/s, p99 {} µs",
             scenario.name,
-            open.ok,
-            open.errors.count,
-            open.dropped,
-            open.latency.value_at_quantile(0.99),
+            phase.ok,
+            phase.errors.count,
+            phase.throughput(),
+            phase.latency.value_at_quantile(0.99),
         );
-        check(config, scenario, name, "open loop", &open);
-        rows.push(Row {
-            name,
-            version: variant.sidecar.as_ref().map(sidecar::Sidecar::version),
-            closed,
-            open: Some(open),
-            skipped: None,
-        });
+        check(config, scenario, name, "closed loop", &phase);
+        closed = Some(phase);
     }
-    // The scenario's backends stop; later scenarios start their own.
-    let mut backends = backends.lock().await;
-    for index in 0..backends.addrs.len() {
-        let _ = backends.stop(index).await;
-    }
-    rows
+    let open = open_loop(&harness, scenario.churn).await;
+    eprintln!(
+        "load: {} / {name}: open loop: {} ok, {} failed, {} dropped, p99 {} µs",
+        scenario.name,
+        open.ok,
+        open.errors.count,
+        open.dropped,
+        open.latency.value_at_quantile(0.99),
+    );
+    check(config, scenario, name, "open loop", &open);
+    Ok(Measured {
+        version: variant.sidecar.as_ref().map(sidecar::Sidecar::version),
+        closed,
+        open,
+    })
 }
 
 /// Reports failures on stderr. The smoke configuration fails the run on a failed request where
@@ -927,7 +1009,11 @@ fn main() {
         };
         let mut progress = Progress {
             done: 0,
-            total: scenarios.iter().map(|s| s.variants(&filter).len()).sum(),
+            total: filter.runs
+                * scenarios
+                    .iter()
+                    .map(|s| s.variants(&filter).len())
+                    .sum::<usize>(),
             start: Instant::now(),
         };
         for scenario in &scenarios {

@@ -85,9 +85,13 @@ fn closed_table(out: &mut String, config: &Config, rows: &[Row]) {
         };
         let _ = writeln!(
             out,
-            "| `{}` | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{}` | {:.0}{} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
             phase.throughput(),
+            match row.closed_spread {
+                Some((low, high)) if row.runs > 1 => format!(" ({low:.0}–{high:.0})"),
+                _ => String::new(),
+            },
             ratio(phase.throughput(), raw),
             quantile(phase, 0.5),
             quantile(phase, 0.99),
@@ -128,12 +132,16 @@ fn open_table(out: &mut String, config: &Config, scenario: &Scenario, rows: &[Ro
         let total = phase.cpu.total(is_sidecar(row.name));
         let _ = writeln!(
             out,
-            "| `{}` | {:.2} % | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{}` | {:.2} % | {:.0} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
             phase.success_rate() * 100.0,
             phase.throughput(),
             quantile(phase, 0.5),
             quantile(phase, 0.99),
+            match row.open_spread {
+                Some((low, high)) if row.runs > 1 => format!(" ({low}–{high})"),
+                _ => String::new(),
+            },
             quantile(phase, 0.999),
             phase
                 .service
@@ -340,6 +348,19 @@ pub fn write(config: &Config, scenarios: &[Scenario], results: &[Vec<Row>], dir:
         if config.full { "full" } else { "smoke" },
         config.backends,
     );
+    let runs = results
+        .iter()
+        .flatten()
+        .map(|row| row.runs)
+        .max()
+        .unwrap_or(1);
+    if runs > 1 {
+        let _ = writeln!(
+            out,
+            "Each variant ran {runs} times, interleaved; the tables show the median run (by \
+             closed-loop throughput, by open-loop p99) with the lowest–highest in parentheses.\n"
+        );
+    }
     let mut versions: Vec<&str> = results
         .iter()
         .flatten()
