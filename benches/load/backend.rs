@@ -8,7 +8,7 @@
 //! | command | answer |
 //! |---|---|
 //! | `start <behaviour> ...` | `addrs <addr> ...`: new backends, numbered after the earlier ones |
-//! | `counts` | `counts <n> ...`: requests each backend has received so far |
+//! | `counts` | `counts <n> ...`: requests each backend has received so far (for `hang`, connections accepted) |
 //! | `stop <index>` | `stopped`: the backend closes its listener and its connections |
 //!
 //! Behaviours: `ok:<µs>` answers `200 ok` after that delay, `status:<code>` answers that status
@@ -239,7 +239,7 @@ async fn start(behaviour: Behaviour) -> std::io::Result<(SocketAddr, Running)> {
     let task = match behaviour {
         // Nobody listens once the listener is dropped: connections are refused.
         Behaviour::Refuse => None,
-        Behaviour::Hang => Some(tokio::spawn(hang(listener))),
+        Behaviour::Hang => Some(tokio::spawn(hang(listener, Arc::clone(&received)))),
         Behaviour::Ok(delay) => Some(tokio::spawn(serve(
             listener,
             Arc::clone(&received),
@@ -300,11 +300,14 @@ async fn serve(listener: TcpListener, received: Arc<AtomicU64>, answer: Answer) 
     }
 }
 
-/// Accepts connections and holds them open without reading, until aborted.
-async fn hang(listener: TcpListener) {
+/// Accepts connections and holds them open without reading, until aborted. Counts connections:
+/// an HTTP/1.1 request sent to it never frees its connection, so each request reaching it comes
+/// on a new one.
+async fn hang(listener: TcpListener, received: Arc<AtomicU64>) {
     let mut held = Vec::new();
     loop {
         if let Ok((stream, _)) = listener.accept().await {
+            received.fetch_add(1, Ordering::Relaxed);
             held.push(stream);
         }
     }

@@ -150,8 +150,8 @@ pub struct Scenario {
     pub watched: Option<usize>,
     /// What the watched backend is, for the charts.
     pub watched_label: &'static str,
-    /// Whether the watched backend's requests can be counted (not when it refuses connections
-    /// or never reads them).
+    /// Whether the watched backend's requests can be counted (not when it refuses connections;
+    /// one that never answers counts connections, one per HTTP/1.1 request).
     pub watched_counted: bool,
     /// The open loop's rate, as a multiple of the configured one.
     pub rate_factor: u64,
@@ -251,7 +251,7 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
     let failing = |name, description, watched_label, last| Scenario {
         watched: Some(n - 1),
         watched_label,
-        watched_counted: matches!(last, Behaviour::Ok(_) | Behaviour::Status(_)),
+        watched_counted: last != Behaviour::Refuse,
         closed: false,
         failing: true,
         per_try_timeout: Some(FAILURE_PER_TRY_TIMEOUT),
