@@ -2,7 +2,7 @@
 //! again, answers that need no retry machinery, and inner services that are not ready at once.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -299,4 +299,84 @@ fn a_request_made_outside_a_runtime_is_sent_when_a_runtime_polls_it() {
     assert_eq!(rsp.extensions().get::<ServedBy>().unwrap().0.port(), 1);
     let snapshot = layer.snapshot();
     assert_eq!((snapshot.requests, snapshot.retries), (2, 0));
+}
+
+/// A concurrency limit of one, shaped like tower's `ConcurrencyLimit`: `poll_ready` queues for a
+/// permit that only this instance can then use, and clones start with none.
+struct LimitOfOne {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    acquiring: Option<PermitFuture>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+type PermitFuture = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>
+            + Send,
+    >,
+>;
+
+impl Clone for LimitOfOne {
+    fn clone(&self) -> Self {
+        Self {
+            semaphore: Arc::clone(&self.semaphore),
+            acquiring: None,
+            permit: None,
+        }
+    }
+}
+
+impl Service<Request<ReplayBody<Full<Bytes>>>> for LimitOfOne {
+    type Response = Response<Empty<Bytes>>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.permit.is_none() {
+            let semaphore = Arc::clone(&self.semaphore);
+            let acquiring = self
+                .acquiring
+                .get_or_insert_with(|| Box::pin(semaphore.acquire_owned()));
+            let permit = std::task::ready!(acquiring.as_mut().poll(cx))?;
+            self.acquiring = None;
+            self.permit = Some(permit);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        let permit = self.permit.take();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(permit);
+            Ok(Response::new(Empty::new()))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_a_concurrency_slot_gets_it_when_one_frees() {
+    let limit = LimitOfOne {
+        semaphore: Arc::new(tokio::sync::Semaphore::new(1)),
+        acquiring: None,
+        permit: None,
+    };
+    let mut svc = RetryLayer::new(RetryPolicy::default()).layer(limit);
+    let first = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()));
+    // The slot is taken: this one waits in its future for the permit it queued for.
+    let second = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()));
+    let (first, second) = tokio::join!(first, tokio::time::timeout(Duration::from_secs(2), second));
+    first.unwrap();
+    second
+        .expect("the waiting request got the freed slot")
+        .unwrap();
+    assert_eq!(svc.snapshot().retries, 0);
 }

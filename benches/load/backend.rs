@@ -12,8 +12,8 @@
 //! | `stop <index>` | `stopped`: the backend closes its listener and its connections |
 //!
 //! Behaviours: `ok:<µs>` answers `200 ok` after that delay, `status:<code>` answers that status
-//! at once, `refuse` is an address nobody listens on, `hang` accepts connections and never
-//! reads from them. The process ends when its stdin closes, so it never outlives the harness.
+//! at once, `refuse` is a port bound by nobody listening (connections are refused), `hang` accepts
+//! connections and never reads from them. The process ends when its stdin closes, so it never outlives the harness.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,9 +30,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::{JoinHandle, JoinSet};
+
+/// Pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Set in the environment of the harness's own executable when it runs as the backends.
 pub const ROLE_VAR: &str = "PROXYLESS_LOAD_BACKENDS";
@@ -180,6 +183,8 @@ pub fn main() {
 struct Running {
     received: Arc<AtomicU64>,
     task: Option<JoinHandle<()>>,
+    /// A refusing backend's port, bound and not listening.
+    _reserved: Option<TcpSocket>,
 }
 
 async fn serve_commands() -> std::io::Result<()> {
@@ -233,11 +238,23 @@ async fn serve_commands() -> std::io::Result<()> {
 }
 
 async fn start(behaviour: Behaviour) -> std::io::Result<(SocketAddr, Running)> {
+    let received = Arc::new(AtomicU64::new(0));
+    if behaviour == Behaviour::Refuse {
+        // Bound but not listening: connections are refused, and the port stays reserved so
+        // that nothing else started later (a sidecar, another backend) can take it.
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = socket.local_addr()?;
+        let running = Running {
+            received,
+            task: None,
+            _reserved: Some(socket),
+        };
+        return Ok((addr, running));
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let received = Arc::new(AtomicU64::new(0));
     let task = match behaviour {
-        // Nobody listens once the listener is dropped: connections are refused.
         Behaviour::Refuse => None,
         Behaviour::Hang => Some(tokio::spawn(hang(listener, Arc::clone(&received)))),
         Behaviour::Ok(delay) => Some(tokio::spawn(serve(
@@ -254,7 +271,12 @@ async fn start(behaviour: Behaviour) -> std::io::Result<(SocketAddr, Running)> {
             )))
         }
     };
-    Ok((addr, Running { received, task }))
+    let running = Running {
+        received,
+        task,
+        _reserved: None,
+    };
+    Ok((addr, running))
 }
 
 #[derive(Clone, Copy)]
@@ -268,6 +290,8 @@ async fn serve(listener: TcpListener, received: Arc<AtomicU64>, answer: Answer) 
     let mut connections = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin on a shared core.
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -306,9 +330,12 @@ async fn serve(listener: TcpListener, received: Arc<AtomicU64>, answer: Answer) 
 async fn hang(listener: TcpListener, received: Arc<AtomicU64>) {
     let mut held = Vec::new();
     loop {
-        if let Ok((stream, _)) = listener.accept().await {
-            received.fetch_add(1, Ordering::Relaxed);
-            held.push(stream);
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                received.fetch_add(1, Ordering::Relaxed);
+                held.push(stream);
+            }
+            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
         }
     }
 }

@@ -54,7 +54,7 @@ fn cpu_columns(phase: &Phase, sidecar: bool) -> String {
 }
 
 fn is_sidecar(name: &str) -> bool {
-    matches!(name, "haproxy" | "nginx")
+    crate::variants::SIDECARS.contains(&name)
 }
 
 fn quantile(phase: &Phase, q: f64) -> u64 {
@@ -147,9 +147,13 @@ fn open_table(out: &mut String, config: &Config, scenario: &Scenario, rows: &[Ro
                 .service
                 .as_ref()
                 .map_or(0, |service| service.value_at_quantile(0.99)),
-            phase
-                .amplification()
-                .map_or_else(|| "—".to_owned(), |value| format!("{value:.3}")),
+            if scenario.watched_counted {
+                phase
+                    .amplification()
+                    .map_or_else(|| "—".to_owned(), |value| format!("{value:.3}"))
+            } else {
+                "not counted".to_owned()
+            },
             micros_or_na(per_request(total, phase)),
             if scenario.watched_counted {
                 percent(phase.watched_share())

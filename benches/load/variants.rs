@@ -56,6 +56,9 @@ pub const ALL: [&str; 8] = [
 /// default 10 s, in the slow-backend scenarios.
 pub const SLOW_ONLY: [&str; 1] = ["proxyless_decay_1s"];
 
+/// The sidecar variants: skipped, and said so, where the proxy is not installed.
+pub const SIDECARS: [&str; 2] = ["haproxy", "nginx"];
+
 /// Variants whose endpoint set can change while they run (the churn scenario).
 pub const DYNAMIC: [&str; 3] = ["tower_p2c", "proxyless_balance", "proxyless"];
 

@@ -71,7 +71,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
@@ -236,8 +236,9 @@ where
         let mut attempts = None;
         let request = Attempts::start(&self.retries.shared, request, &mut attempts);
         // A ready service (the balancer always is) takes the first attempt right away, so the
-        // future starts out polling it. One that is not ready is cloned into the future and
-        // polled again there, with the caller's waker.
+        // future starts out polling it. One that is not ready moves into the future, which polls
+        // it again with the caller's waker: it may hold a reserved slot (a semaphore permit
+        // request, say) that only it can use. A fresh clone takes its place here.
         let (state, service) = match self
             .inner
             .poll_ready(&mut Context::from_waker(Waker::noop()))
@@ -249,12 +250,19 @@ where
             // Judged like the inner service's own errors: the request was never sent, and
             // dropping it hands its body back for a retry.
             Poll::Ready(Err(error)) => {
+                // A service that failed readiness is done with (tower's contract): later
+                // requests start from the layer's own copy, as retries do.
+                if let Ok(pristine) = self.retries.service.try_lock() {
+                    self.inner = pristine.clone();
+                }
                 let error = Some(error.into());
                 (State::Failed { error }, None)
             }
             Poll::Pending => {
                 let request = Some(request);
-                (State::NotReady { request }, Some(self.inner.clone()))
+                let fresh = self.inner.clone();
+                let waiting = std::mem::replace(&mut self.inner, fresh);
+                (State::NotReady { request }, Some(waiting))
             }
         };
         drop(entered);
@@ -366,20 +374,11 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let request = Attempts::start(&this.retries.shared, request, this.attempts);
-                    match send(this.state.as_mut(), this.service, request, cx) {
-                        Sent::Called => continue,
-                        Sent::Failed(error) => Err(error),
-                        Sent::Parked => {
-                            return timed_out(
-                                this.state,
-                                this.timeout,
-                                this.service,
-                                this.attempts,
-                                &this.retries.shared,
-                                cx,
-                            );
-                        }
-                    }
+                    // Sent from `NotReady`, like a request whose service was not ready in `call`.
+                    this.state.set(State::NotReady {
+                        request: Some(request),
+                    });
+                    continue;
                 }
                 StateProj::Failed { error } => match error.take() {
                     Some(error) => Err(error),
@@ -417,7 +416,12 @@ where
                         );
                     }
                 },
-                StateProj::Retrying { future } => return future.as_mut().poll(cx),
+                StateProj::Retrying { future } => {
+                    let result = ready!(future.as_mut().poll(cx));
+                    // The async loop must not be polled again once it has finished.
+                    this.state.set(State::Done);
+                    return Poll::Ready(result);
+                }
                 StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             };
             // Drop the attempt (and with it a request body the inner service held on to,
