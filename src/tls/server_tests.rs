@@ -517,10 +517,13 @@ async fn rotation_applies_to_new_handshakes_and_spares_live_connections() {
         .unwrap()
         .1
         .raw_serial_as_string();
-    assert_eq!(
-        serial.replace(':', "").to_ascii_lowercase(),
-        second.serial_hex().replace(':', "").to_ascii_lowercase()
-    );
+    // As numbers: DER puts a zero byte before a serial whose top bit is set; `serial_hex`
+    // does not.
+    let digits = |hex: String| {
+        let hex = hex.replace(':', "").to_ascii_lowercase();
+        hex.trim_start_matches('0').to_owned()
+    };
+    assert_eq!(digits(serial), digits(second.serial_hex()));
     let mut fresh = h2(tls).await;
     let answer = collect(
         fresh
