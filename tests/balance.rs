@@ -328,6 +328,30 @@ async fn a_waiting_request_is_served_as_soon_as_an_endpoint_is_published() {
     assert_eq!(balance.snapshot().endpoint(addr(1)).unwrap().requests, 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn waiting_for_endpoints_ends_when_discovery_has_published_enough() {
+    let (pusher, discover) = discover::push();
+    let (mocks, _held) = mocks(healthy);
+    let balance = Balance::new(discover, factory(&mocks), config(Picker::default())).unwrap();
+    // Nothing to wait for.
+    balance.wait_for_endpoints(0).await;
+
+    let waiter = balance.clone();
+    let start = Instant::now();
+    let waiting = tokio::spawn(async move {
+        waiter.wait_for_endpoints(2).await;
+        start.elapsed()
+    });
+    tokio::time::sleep(100 * MS).await;
+    pusher.set(vec![ep(1)]).unwrap();
+    tokio::time::sleep(100 * MS).await;
+    assert!(!waiting.is_finished(), "one endpoint of two is not enough");
+    pusher.set(vec![ep(1), ep(2)]).unwrap();
+    assert_eq!(waiting.await.unwrap(), 200 * MS);
+    // Already there: returns at once.
+    balance.wait_for_endpoints(2).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. An idle balancer follows discovery
 // ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@
 //! reference for its p99); `one_503`, `one_refusing`, `one_hanging` (one bad backend of N; open
 //! loop only, from the first request, every variant with a 250 ms per-try timeout where it has
 //! one); `churn` (every 500 ms a new backend joins through discovery and the oldest leaves, then
-//! stops; variants with discovery only).
+//! stops 1 s later; variants with discovery only).
 //!
 //! # Running
 //!
@@ -47,8 +47,9 @@
 //!   `load-partial/`); `-- --runs 3` runs everything three times, interleaved (each run starts
 //!   with another variant), and reports the median run with the spread.
 //! - `cargo test --benches` runs it without `--bench`: a smoke configuration (N = 3, a few
-//!   hundred requests per variant) in a few seconds, which fails if a request fails where none
-//!   may (no bad backend; and the full proxyless stack in every scenario). Results go to
+//!   hundred requests per variant) in about 40 seconds, which fails if a request fails where
+//!   none may (no bad backend; and the full proxyless stack in every scenario) or if a variant
+//!   other than an uninstalled sidecar cannot be built. Results go to
 //!   `target/bench-results/load-smoke/`.
 //!
 //! All traffic stays on 127.0.0.1; every loop is bounded in count and in time.

@@ -21,7 +21,6 @@ use proxyless::http::EndpointClients;
 use proxyless::retry::RetryPolicy;
 use proxyless::telemetry::Snapshot;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
@@ -158,19 +157,11 @@ fn direct(protocol: Protocol, addr: SocketAddr) -> Sender {
     })
 }
 
-/// Waits until `published()` reaches `n`.
-async fn wait_for_discovery(n: usize, published: impl Fn() -> usize) -> Result<(), String> {
-    let deadline = Instant::now() + DISCOVERY_DEADLINE;
-    while published() < n {
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "discovery published {} of {n} endpoints",
-                published()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(())
+/// Waits until discovery has published `n` endpoints, for at most [`DISCOVERY_DEADLINE`].
+async fn wait_for_discovery(n: usize, published: impl Future<Output = ()>) -> Result<(), String> {
+    tokio::time::timeout(DISCOVERY_DEADLINE, published)
+        .await
+        .map_err(|_| format!("discovery did not publish {n} endpoints in {DISCOVERY_DEADLINE:?}"))
 }
 
 /// One tower endpoint: a hyper-util client that sends to `addr` whatever the request's URI.
@@ -269,7 +260,7 @@ pub async fn build(
             let clients = EndpointClients::<Full<Bytes>>::new(legacy_builder(protocol));
             let balance = Balance::new(source, clients, BalanceConfig::default())
                 .map_err(|error| error.to_string())?;
-            wait_for_discovery(addrs.len(), || balance.snapshot().endpoints.len()).await?;
+            wait_for_discovery(addrs.len(), balance.wait_for_endpoints(addrs.len())).await?;
             let snapshot_of = balance.clone();
             let send: Sender = Arc::new(move || {
                 let future = balance.clone().oneshot(request(logical.clone()));
@@ -305,7 +296,7 @@ pub async fn build(
                 builder = builder.retry(policy);
             }
             let client = builder.build().map_err(|error| error.to_string())?;
-            wait_for_discovery(addrs.len(), || client.snapshot().endpoints.len()).await?;
+            wait_for_discovery(addrs.len(), client.wait_for_endpoints(addrs.len())).await?;
             let snapshot_of = client.clone();
             let send: Sender = Arc::new(move || {
                 let client = client.clone();

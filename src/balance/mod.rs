@@ -322,6 +322,40 @@ impl<S> Balance<S> {
         self.shared.sweep_outliers()
     }
 
+    /// Waits until discovery has published at least `n` endpoints, e.g. before a service starts
+    /// taking traffic that needs them.
+    ///
+    /// It waits as long as discovery takes: wrap it in [`tokio::time::timeout`] to bound it.
+    /// Requests do not need it: one sent before any endpoint is known waits for one itself, up
+    /// to [`no_endpoint_timeout`](BalanceConfigBuilder::no_endpoint_timeout).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), proxyless::BoxError> {
+    /// use std::time::Duration;
+    /// use proxyless::balance::Balance;
+    /// use proxyless::discover::{self, Endpoint};
+    /// use tower::service_fn;
+    ///
+    /// let (pusher, source) = discover::push();
+    /// let make = |_: &Endpoint| service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let balance = Balance::new(source, make, Default::default())?;
+    /// pusher.set(vec![Endpoint::new("127.0.0.1:8080".parse()?)])?;
+    /// tokio::time::timeout(Duration::from_secs(5), balance.wait_for_endpoints(1)).await?;
+    /// assert_eq!(balance.snapshot().endpoints.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_endpoints(&self, n: usize) {
+        loop {
+            // Registered before the check: a publish in between still wakes it.
+            let published = self.shared.context.changed.notified();
+            if self.shared.table.load().len() >= n {
+                return;
+            }
+            published.await;
+        }
+    }
+
     /// The endpoints as of now, with their loads and counters, and the state of discovery.
     pub fn snapshot(&self) -> Snapshot {
         let table = self.shared.table.load();

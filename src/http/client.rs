@@ -102,6 +102,12 @@ impl<B> Client<B> {
     pub fn balance(&self) -> &Balance<EndpointClient<ReplayBody<B>>> {
         self.stack.get_ref()
     }
+
+    /// Waits until discovery has published at least `n` endpoints; see
+    /// [`Balance::wait_for_endpoints`].
+    pub async fn wait_for_endpoints(&self, n: usize) {
+        self.balance().wait_for_endpoints(n).await;
+    }
 }
 
 impl<B> Client<B>

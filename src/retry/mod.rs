@@ -283,8 +283,9 @@ pin_project_lite::pin_project! {
     /// The future returned by [`Retry`].
     ///
     /// Inside a runtime, [`Retry::call`] hands the first attempt to the inner service at once if
-    /// it is ready; otherwise this future does on its first poll. The attempt runs inside this
-    /// future without allocating.
+    /// it is ready (so the request is counted, charged to the budget and on its way even if
+    /// this future is dropped unpolled, and its deadline runs from `call`); otherwise this
+    /// future does on its first poll. The attempt runs inside this future without allocating.
     /// Only a retry moves the request's state into a boxed future that waits the backoff and
     /// sends the next attempts.
     pub struct ResponseFuture<S, B>
