@@ -405,6 +405,14 @@ pub fn write(config: &Config, scenarios: &[Scenario], results: &[Vec<Row>], dir:
             charts.push((share, share_chart(scenario, rows).render()));
         }
     }
+    // Charts of an earlier run that this one does not redraw would otherwise stay beside it.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|ext| ext == "svg") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     let written = std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(dir.join("report.md"), &out))
         .and_then(|()| {
