@@ -99,6 +99,22 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// A proxyless variant: its endpoints come from `pusher`, its state from `snapshot`.
+    fn discovered(
+        send: Sender,
+        pusher: Pusher,
+        snapshot: impl Fn() -> Snapshot + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            send,
+            set_endpoints: Some(Arc::new(move |addrs: &[SocketAddr]| {
+                push_endpoints(&pusher, addrs)
+            })),
+            snapshot: Some(Box::new(snapshot)),
+            sidecar: None,
+        }
+    }
+
     fn plain(send: Sender) -> Self {
         Self {
             send,
@@ -266,14 +282,9 @@ pub async fn build(
                 let future = balance.clone().oneshot(request(logical.clone()));
                 Box::pin(async move { drain(future.await?).await })
             });
-            Ok(Variant {
-                send,
-                set_endpoints: Some(Arc::new(move |addrs: &[SocketAddr]| {
-                    push_endpoints(&pusher, addrs)
-                })),
-                snapshot: Some(Box::new(move || snapshot_of.snapshot())),
-                sidecar: None,
-            })
+            Ok(Variant::discovered(send, pusher, move || {
+                snapshot_of.snapshot()
+            }))
         }
         "proxyless" | "proxyless_decay_1s" => {
             let (pusher, source) = discover::push();
@@ -303,14 +314,9 @@ pub async fn build(
                 let request = request(logical.clone());
                 Box::pin(async move { drain(client.request(request).await?).await })
             });
-            Ok(Variant {
-                send,
-                set_endpoints: Some(Arc::new(move |addrs: &[SocketAddr]| {
-                    push_endpoints(&pusher, addrs)
-                })),
-                snapshot: Some(Box::new(move || snapshot_of.snapshot())),
-                sidecar: None,
-            })
+            Ok(Variant::discovered(send, pusher, move || {
+                snapshot_of.snapshot()
+            }))
         }
         "haproxy" | "nginx" => {
             let kind = if name == "haproxy" {
