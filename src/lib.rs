@@ -53,6 +53,7 @@ pub mod http;
 pub mod identity;
 pub mod load;
 pub mod outlier;
+mod padded;
 pub mod retry;
 mod rng;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use crate::classify::Classify;
 use crate::error::{NoEndpoint, Overloaded};
 use crate::load::EndpointLoad;
 use crate::outlier::{Detector, OutlierEvent, OutlierHost};
+use crate::padded::Padded;
 use crate::rng::Rng;
 
 pub(crate) struct Shared<S> {
@@ -30,7 +31,8 @@ pub(crate) struct Shared<S> {
     pub(crate) failing_fast: AtomicBool,
     config: BalanceConfig,
     rng: Rng,
-    round_robin: AtomicUsize,
+    // Written by every round-robin pick.
+    round_robin: Padded<AtomicUsize>,
 }
 
 /// What in-flight requests share with their balancer, whatever its endpoint client type.
@@ -44,7 +46,9 @@ pub(crate) struct Accounting {
     pub(crate) detector: Detector,
     /// Endpoints in the current table, for the outlier detector's max ejection percent.
     pub(crate) hosts: AtomicUsize,
-    in_flight: AtomicU64,
+    // Written twice per request: padded so that the fields every request reads (the classifier,
+    // the host count, the limit) stay in their cores' caches.
+    in_flight: Padded<AtomicU64>,
     max_requests: u64,
     pub(crate) overloaded: AtomicU64,
     pub(crate) panics: AtomicU64,
@@ -94,7 +98,7 @@ impl<S> Shared<S> {
                     config.seed().unwrap_or_else(rand::random),
                 ),
                 hosts: AtomicUsize::new(0),
-                in_flight: AtomicU64::new(0),
+                in_flight: Padded(AtomicU64::new(0)),
                 max_requests: config.max_requests(),
                 overloaded: AtomicU64::new(0),
                 panics: AtomicU64::new(0),
@@ -103,7 +107,7 @@ impl<S> Shared<S> {
             failing_fast: AtomicBool::new(false),
             config,
             rng,
-            round_robin: AtomicUsize::new(0),
+            round_robin: Padded(AtomicUsize::new(0)),
         }
     }
 
@@ -168,7 +172,10 @@ impl<S> Shared<S> {
     where
         S: Clone,
     {
-        if self.context.health_dirty.swap(false, Ordering::AcqRel) {
+        // Read before swapping: a swap writes the flag's cache line on every pick, which every
+        // core sending requests would then take turns owning.
+        let dirty = &self.context.health_dirty;
+        if dirty.load(Ordering::Acquire) && dirty.swap(false, Ordering::AcqRel) {
             self.recount();
         }
         let table = self.table.load();
