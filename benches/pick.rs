@@ -57,7 +57,7 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
@@ -159,18 +159,13 @@ fn proxyless_balance(runtime: &Runtime, picker: Picker, n: usize) -> Balance<Moc
         let _context = runtime.enter();
         Balance::new(source, |_: &Endpoint| Mock, config).expect("inside a runtime")
     };
-    let deadline = Instant::now() + DISCOVERY_DEADLINE;
-    loop {
-        let published = balance.snapshot().endpoints.len();
-        if published == n {
-            return balance;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "discovery published {published} of {n} endpoints in {DISCOVERY_DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let published = balance.wait_for_endpoints(n);
+    runtime
+        .block_on(tokio::time::timeout(DISCOVERY_DEADLINE, published))
+        .unwrap_or_else(|_| {
+            panic!("discovery did not publish {n} endpoints in {DISCOVERY_DEADLINE:?}")
+        });
+    balance
 }
 
 type TowerDiscover = PeakEwmaDiscover<

@@ -24,7 +24,7 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -102,16 +102,15 @@ fn balance(runtime: &Runtime, health: bool) -> Balance<Mock> {
         config,
     )
     .expect("inside a runtime");
-    wait_for_endpoints(&balance);
+    wait_for_endpoints(runtime, &balance);
     balance
 }
 
-fn wait_for_endpoints<S>(balance: &Balance<S>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while balance.snapshot().endpoints.len() < ENDPOINTS {
-        assert!(Instant::now() < deadline, "discovery did not publish");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+fn wait_for_endpoints<S>(runtime: &Runtime, balance: &Balance<S>) {
+    let published = balance.wait_for_endpoints(ENDPOINTS);
+    runtime
+        .block_on(tokio::time::timeout(Duration::from_secs(10), published))
+        .expect("discovery did not publish");
 }
 
 fn stack(c: &mut Criterion) {
@@ -143,7 +142,7 @@ fn stack(c: &mut Criterion) {
                 .expect("valid"),
         )
         .layer(|_: &Endpoint| Mock);
-        wait_for_endpoints(&inner);
+        wait_for_endpoints(&runtime, &inner);
         let mut svc = RetryLayer::new(RetryPolicy::default()).layer(inner);
         b.iter(|| one_request(&mut svc));
     });

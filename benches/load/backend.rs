@@ -155,7 +155,7 @@ impl Backends {
 
     /// User + system CPU time of the backends' process so far.
     pub fn cpu(&self) -> Option<Duration> {
-        crate::process_cpu(self.child.id()?)
+        crate::sidecar::process_cpu(self.child.id()?)
     }
 }
 

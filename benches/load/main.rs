@@ -80,8 +80,6 @@ use variants::{Protocol, Sender, Settings, Variant};
 
 /// Highest latency the histograms hold (longer ones saturate): 60 s in µs.
 const HISTOGRAM_MAX_US: u64 = 60_000_000;
-/// `/proc/<pid>/stat` ticks per second (`USER_HZ`, 100 on Linux).
-const TICKS_PER_SECOND: u64 = 100;
 /// How often open loops sample the backends' counts.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// How long a backend that left discovery keeps serving before it stops (churn).
@@ -330,20 +328,6 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
     ]
 }
 
-/// User + system CPU time of process `pid` so far, from `/proc/<pid>/stat` (Linux only).
-pub fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces, start with field 3 (state);
-    // utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis(
-        (utime + stime) * 1_000 / TICKS_PER_SECOND,
-    ))
-}
-
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("valid histogram bounds")
 }
@@ -397,7 +381,7 @@ pub struct Cpu {
 impl Cpu {
     fn read(backends: &Backends, variant: &Variant) -> Self {
         Self {
-            client: process_cpu(std::process::id()),
+            client: sidecar::process_cpu(std::process::id()),
             backends: backends.cpu(),
             sidecar: variant.sidecar.as_ref().and_then(sidecar::Sidecar::cpu),
         }

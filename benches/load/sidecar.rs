@@ -55,6 +55,8 @@
 //! - `daemon off`, and the pid file, error log and every `*_temp_path` in the temporary
 //!   directory, so nothing is written to `/var/log`, `/var/lib/nginx` or `/run`, also as root.
 //!
+//! [`process_cpu`] reads one process's CPU time the same way, for the client and the backends.
+//!
 //! [`Sidecar::cpu`] reads `utime + stime` of the proxy and of all its descendants (the nginx
 //! worker) from `/proc/<pid>/stat`, in ticks of 1/100 s, so it is a Linux-only figure.
 
@@ -175,13 +177,12 @@ impl Sidecar {
     /// is gone). The resolution is 10 ms.
     pub fn cpu(&self) -> Option<Duration> {
         let pid = self.child.id();
-        let root = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let root = parse_stat(pid, &root)?;
+        let root = process_stat(pid)?;
         let processes = processes();
         let ticks = descendants(pid, &processes)
             .iter()
             .fold(root.ticks, |sum, process| sum.saturating_add(process.ticks));
-        Some(Duration::from_millis(ticks.saturating_mul(1000 / USER_HZ)))
+        Some(ticks_to_duration(ticks))
     }
 
     /// The proxy's name and version, e.g. `HAProxy 2.6.12` or `nginx/1.22.1`.
@@ -584,6 +585,21 @@ fn parse_stat(pid: u32, text: &str) -> Option<ProcStat> {
     })
 }
 
+/// User + system CPU time used so far by process `pid` alone (not its children), from
+/// `/proc/<pid>/stat`; `None` where that cannot be read. The resolution is 10 ms.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    process_stat(pid).map(|stat| ticks_to_duration(stat.ticks))
+}
+
+fn process_stat(pid: u32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks.saturating_mul(1000 / USER_HZ))
+}
+
 /// Every process in `/proc` whose stat could be read (empty when there is no `/proc`).
 fn processes() -> Vec<ProcStat> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -592,8 +608,7 @@ fn processes() -> Vec<ProcStat> {
     entries
         .filter_map(|entry| {
             let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-            let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            parse_stat(pid, &text)
+            process_stat(pid)
         })
         .collect()
 }
