@@ -161,7 +161,7 @@ fn proxyless_balance(runtime: &Runtime, picker: Picker, n: usize) -> Balance<Moc
     };
     let published = balance.wait_for_endpoints(n);
     runtime
-        .block_on(tokio::time::timeout(DISCOVERY_DEADLINE, published))
+        .block_on(async { tokio::time::timeout(DISCOVERY_DEADLINE, published).await })
         .unwrap_or_else(|_| {
             panic!("discovery did not publish {n} endpoints in {DISCOVERY_DEADLINE:?}")
         });

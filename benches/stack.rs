@@ -109,7 +109,7 @@ fn balance(runtime: &Runtime, health: bool) -> Balance<Mock> {
 fn wait_for_endpoints<S>(runtime: &Runtime, balance: &Balance<S>) {
     let published = balance.wait_for_endpoints(ENDPOINTS);
     runtime
-        .block_on(tokio::time::timeout(Duration::from_secs(10), published))
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), published).await })
         .expect("discovery did not publish");
 }
 
